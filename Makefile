@@ -1,0 +1,24 @@
+# One place that knows how to install: torch's CPU wheel first, so nothing pulls a CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: setup test lint bench demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[dev,sft]"
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: setup lint
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+
+bench: setup
+	$(VENV)/bin/curlora bench
