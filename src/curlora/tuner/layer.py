@@ -1,0 +1,194 @@
+"""The CURLoRA layer: y = base(x) + α·((x·Rᵀ)·Uᵀ)·Cᵀ, never building the out × in product.
+
+C (out × r) and R (r × in) are frozen copies of W's selected columns and rows, held as non-persistent buffers
+in the base layer's dtype and device (they follow `.to()`/`.half()`). What is saved per adapter: U, the column
+and row indices, and a fingerprint of C and R. Loading rebuilds C and R from the indices and the (unmerged)
+base weight and checks the fingerprint, so an adapter put on the wrong base model fails loudly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from curlora import cur
+from curlora.errors import CurloraError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+class CURLoRALayer(BaseTunerLayer):
+    adapter_layer_names = ("curlora_U",)
+    other_param_names = ("curlora_alpha", "curlora_cols", "curlora_rows", "curlora_fingerprint", "curlora_C", "curlora_R")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.curlora_U = nn.ParameterDict({})
+        self.curlora_alpha: dict[str, float] = {}
+        # indices and fingerprint are saved; the fingerprint's float64 bits are stored as int64 so that
+        # `.half()` or `.to(bf16)` on the model cannot round it
+        self.curlora_cols = BufferDict({}, persistent=True)
+        self.curlora_rows = BufferDict({}, persistent=True)
+        self.curlora_fingerprint = BufferDict({}, persistent=True)
+        self.curlora_C = BufferDict({}, persistent=False)
+        self.curlora_R = BufferDict({}, persistent=False)
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+        base = self.get_base_layer()
+        if isinstance(base, nn.Linear):
+            self.in_features, self.out_features = base.in_features, base.out_features
+        elif isinstance(base, Conv1D):
+            self.in_features, self.out_features = base.weight.shape
+        else:
+            raise CurloraError(
+                f"CURLoRA adapts nn.Linear and transformers Conv1D layers, not {type(base).__name__}; "
+                "choose other target_modules"
+            )
+
+    # -- the base weight, always as out × in ------------------------------------------------------------------
+    def _weight_view(self) -> torch.Tensor:
+        weight = self.get_base_layer().weight
+        return weight.T if self.fan_in_fan_out else weight
+
+    def _unmerged_weight_view(self) -> torch.Tensor:
+        if self.merged:
+            raise CurloraError(
+                "this layer has merged adapters; call unmerge_adapter() before adding or loading a CURLoRA adapter"
+            )
+        return self._weight_view()
+
+    # -- adapter creation -------------------------------------------------------------------------------------
+    def update_layer(self, adapter_name: str, config, layer_name: str = "", inference_mode: bool = False) -> None:
+        weight = self._unmerged_weight_view()
+        if weight.device.type == "meta":
+            raise CurloraError("CURLoRA selects columns from real weights; load the model's weights (not meta)")
+        seed = cur.layer_seed(config.seed, layer_name)
+        try:
+            selection = cur.cur_select(
+                weight, config.r, config.sampling, seed=seed, replacement=config.replacement
+            )
+        except CurloraError as err:
+            raise CurloraError(f"{layer_name or 'layer'}: {err}") from None
+        self.curlora_alpha[adapter_name] = float(config.alpha)
+        self.curlora_cols[adapter_name] = selection.cols
+        self.curlora_rows[adapter_name] = selection.rows
+        u_dtype = _DTYPES[config.u_dtype]
+        self.curlora_U[adapter_name] = nn.Parameter(
+            torch.zeros(config.r, config.r, dtype=u_dtype, device=weight.device)
+        )
+        self._build_factors(adapter_name)
+        self.curlora_fingerprint[adapter_name] = self._current_fingerprint(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _build_factors(self, adapter_name: str) -> None:
+        weight = self._unmerged_weight_view()
+        cols = self.curlora_cols[adapter_name].to(torch.int64)
+        rows = self.curlora_rows[adapter_name].to(torch.int64)
+        out_f, in_f = weight.shape
+        if cols.numel() != rows.numel() or cols.numel() != self.curlora_U[adapter_name].shape[0]:
+            raise CurloraError(
+                f"adapter {adapter_name!r} is inconsistent: {cols.numel()} columns, {rows.numel()} rows, "
+                f"U of shape {tuple(self.curlora_U[adapter_name].shape)}; the adapter file is corrupted"
+            )
+        if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= in_f or int(rows.min()) < 0 or int(rows.max()) >= out_f):
+            raise CurloraError(
+                f"adapter {adapter_name!r} indexes outside this {out_f} × {in_f} weight: it was made for a "
+                "different base model; load it onto the model it was trained on"
+            )
+        c, r = cur.cur_factors(weight, cur.CURSelection(cols=cols, rows=rows))
+        self.curlora_C[adapter_name] = c
+        self.curlora_R[adapter_name] = r
+        # indices live with the weight so that save/load and DDP see one device
+        self.curlora_cols[adapter_name] = cols.to(weight.device)
+        self.curlora_rows[adapter_name] = rows.to(weight.device)
+
+    def _current_fingerprint(self, adapter_name: str) -> torch.Tensor:
+        fp = cur.fingerprint(self.curlora_C[adapter_name], self.curlora_R[adapter_name])
+        return fp.view(torch.int64).to(self._weight_view().device)
+
+    def _after_load(self) -> None:
+        """Rebuild C and R from freshly loaded indices; refuse an adapter made for another base model."""
+        for name in list(self.curlora_U.keys()):
+            self._build_factors(name)
+            saved = self.curlora_fingerprint[name].detach().cpu().view(torch.float64)
+            now = self._current_fingerprint(name).cpu().view(torch.float64)
+            if not cur.fingerprints_match(saved, now):
+                raise CurloraError(
+                    f"adapter {name!r} does not match this base model: the weights at its saved column/row "
+                    f"indices differ (fingerprint {saved.tolist()} vs {now.tolist()}); load it onto the base "
+                    "model it was trained on"
+                )
+
+    # -- math -------------------------------------------------------------------------------------------------
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """α·C·U·R in the base weight's storage layout (transposed for Conv1D), in the base weight's dtype."""
+        c = self.curlora_C[adapter_name].float()
+        r = self.curlora_R[adapter_name].float()
+        u = self.curlora_U[adapter_name].float()
+        delta = cur.delta_weight(c, u, r, self.curlora_alpha[adapter_name])
+        if self.fan_in_fan_out:
+            delta = delta.T
+        return delta.to(self.get_base_layer().weight.dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        base = self.get_base_layer()
+        for name in adapter_names:
+            if name not in self.curlora_U:
+                continue
+            merged = base.weight.data + self.get_delta_weight(name)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise CurloraError(f"merging adapter {name!r} gives NaN/Inf weights; the adapter is broken")
+            base.weight.data = merged
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self.curlora_U:
+                base.weight.data = base.weight.data - self.get_delta_weight(name)
+
+
+class CURLoRALinear(nn.Module, CURLoRALayer):
+    """CURLoRA around an nn.Linear (fan_in_fan_out=False) or a GPT-2 Conv1D (fan_in_fan_out=True)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, layer_name: str = "", **kwargs: Any):
+        super().__init__()
+        CURLoRALayer.__init__(self, base_layer, **kwargs)
+        self.fan_in_fan_out = isinstance(self.get_base_layer(), Conv1D)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, layer_name=layer_name, inference_mode=config.inference_mode)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._after_load())
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for name in self.active_adapters:
+            if name not in self.curlora_U:
+                continue
+            c, r = self.curlora_C[name], self.curlora_R[name]
+            # α is folded into the r × r matrix: no extra pass over the out-sized activation
+            u = (self.curlora_alpha[name] * self.curlora_U[name]).to(c.dtype)
+            h = F.linear(F.linear(x.to(r.dtype), r), u)
+            result = result + F.linear(h, c).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "curlora." + super().__repr__()
