@@ -1,0 +1,363 @@
+"""Continual-learning metrics over an accuracy matrix, and sliding-window perplexity of a causal LM.
+
+Accuracy matrix convention
+--------------------------
+One model learns tasks T0, T1, ..., TT in order. After training task ``i`` every task seen so far is
+evaluated, so ``acc[i][j]`` is the accuracy on task ``j`` after training task ``i``, defined for
+``j <= i``. The matrix is passed as a square list of lists (or anything indexable the same way, such as a
+NumPy array) with ``None`` (or NaN) above the diagonal::
+
+    [[0.81, None, None],
+     [0.79, 0.70, None],
+     [0.77, 0.66, 0.74]]
+
+Every entry on or below the diagonal must be a finite number. A malformed matrix raises
+:class:`~curlora.errors.CurloraError`.
+
+Metrics (``T`` is the index of the last task):
+
+* :func:`average_accuracy` - mean of the last row, ``mean_j acc[T][j]``.
+* :func:`backward_transfer` - BWT (Lopez-Paz & Ranzato, 2017): ``mean_{j<T} (acc[T][j] - acc[j][j])``.
+  Negative values mean forgetting.
+* :func:`forgetting` - average forgetting (Chaudhry et al., 2018):
+  ``mean_{j<T} (max_{l in [j, T-1]} acc[l][j] - acc[T][j])``. It equals ``-BWT`` only when every task's
+  best accuracy before the last stage was reached right after training it.
+
+BWT and forgetting need at least two tasks; with a single task both return ``None`` (not NaN), which
+keeps them JSON-serialisable and makes "undefined" explicit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from curlora.errors import CurloraError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "average_accuracy",
+    "backward_transfer",
+    "forgetting",
+    "mean_sd",
+    "perplexity",
+    "validate_acc_matrix",
+]
+
+
+def _is_missing(x: Any) -> bool:
+    return x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isnan(float(x)))
+
+
+def _as_number(x: Any) -> float | None:
+    """float(x) for a real, non-bool number (NumPy scalars and 0-d tensors included), else None."""
+    if isinstance(x, torch.Tensor) and x.numel() == 1:
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return None
+    return float(x)
+
+
+def validate_acc_matrix(acc: Sequence[Sequence[Any]]) -> list[list[float]]:
+    """Check that ``acc`` is a square, lower-triangular accuracy matrix; return its lower triangle.
+
+    The result is a ragged list: ``rows[i] == [acc[i][0], ..., acc[i][i]]`` as floats.
+    Raises :class:`CurloraError` when the matrix is empty, not square, has a missing or non-finite value on
+    or below the diagonal, or has a value above the diagonal (the future tasks are not evaluated).
+    """
+    try:
+        rows = [list(r) for r in acc]
+    except TypeError as err:
+        raise CurloraError(
+            f"accuracy matrix must be a list of rows (lists), got {type(acc).__name__}: "
+            "pass acc[i][j] = accuracy on task j after training task i."
+        ) from err
+    n = len(rows)
+    if n == 0:
+        raise CurloraError("accuracy matrix is empty: it needs one row per trained task.")
+    out: list[list[float]] = []
+    for i, row in enumerate(rows):
+        if len(row) != n:
+            raise CurloraError(
+                f"accuracy matrix is not square: row {i} has {len(row)} entries but there are {n} rows; "
+                "give every row one entry per task, with None above the diagonal."
+            )
+        vals: list[float] = []
+        for j, x in enumerate(row):
+            if j <= i:
+                v = _as_number(x)
+                if v is None or not math.isfinite(v):
+                    raise CurloraError(
+                        f"accuracy matrix entry [{i}][{j}] is {x!r}: entries on or below the diagonal "
+                        "must be finite numbers (accuracy on task j after training task i)."
+                    )
+                vals.append(v)
+            elif not _is_missing(x):
+                raise CurloraError(
+                    f"accuracy matrix entry [{i}][{j}] is {x!r} but lies above the diagonal: the matrix "
+                    "must be lower-triangular; put None there (task j is not trained yet after task i)."
+                )
+        out.append(vals)
+    return out
+
+
+def average_accuracy(acc: Sequence[Sequence[Any]]) -> float:
+    """Mean accuracy over all tasks after training the last one (mean of the last row)."""
+    rows = validate_acc_matrix(acc)
+    last = rows[-1]
+    return math.fsum(last) / len(last)
+
+
+def backward_transfer(acc: Sequence[Sequence[Any]]) -> float | None:
+    """BWT = mean over j < T of (acc[T][j] - acc[j][j]); ``None`` when there is only one task."""
+    rows = validate_acc_matrix(acc)
+    t = len(rows) - 1
+    if t == 0:
+        return None
+    return math.fsum(rows[t][j] - rows[j][j] for j in range(t)) / t
+
+
+def forgetting(acc: Sequence[Sequence[Any]]) -> float | None:
+    """Average forgetting = mean over j < T of (max_{l in [j, T-1]} acc[l][j] - acc[T][j]).
+
+    ``None`` when there is only one task.
+    """
+    rows = validate_acc_matrix(acc)
+    t = len(rows) - 1
+    if t == 0:
+        return None
+    return math.fsum(max(rows[k][j] for k in range(j, t)) - rows[t][j] for j in range(t)) / t
+
+
+def mean_sd(values: Iterable[Any]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1) of ``values``.
+
+    ``None`` and NaN values are skipped (a seed that has no value for this quantity).
+    Returns ``(None, None)`` when nothing is left and ``(mean, None)`` for a single value: the sample sd of
+    one value is undefined, and ``None`` lets a report print the mean alone.
+    """
+    xs: list[float] = []
+    for v in values:
+        if _is_missing(v):
+            continue
+        f = _as_number(v)
+        if f is None:
+            raise CurloraError(f"mean_sd: {v!r} is not a number; pass numbers (None is skipped).")
+        xs.append(f)
+    if not xs:
+        return None, None
+    m = math.fsum(xs) / len(xs)
+    if len(xs) == 1:
+        return m, None
+    var = math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return m, math.sqrt(var)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Perplexity
+# --------------------------------------------------------------------------------------------------------
+
+
+def _max_positions(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    configs = [config]
+    get_text = getattr(config, "get_text_config", None)
+    if callable(get_text):
+        try:
+            configs.append(get_text())
+        except Exception:  # noqa: BLE001 - a config without a text part is fine
+            pass
+    for cfg in configs:
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            v = getattr(cfg, attr, None)
+            if isinstance(v, int) and v > 0:
+                return v
+    return None
+
+
+def _forward_kwargs(model: Any) -> set[str]:
+    """Which of logits_to_keep / use_cache the inner model's forward declares (PEFT wrappers unwrapped)."""
+    inner = model
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):
+        try:
+            inner = get_base()
+        except Exception:  # noqa: BLE001
+            inner = model
+    try:
+        params = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return set()
+    return {name for name in ("logits_to_keep", "use_cache") if name in params}
+
+
+def _resolve_ids(tokenizer: Any, text: str | None, input_ids: Any) -> torch.Tensor:
+    if input_ids is not None:
+        if text is not None:
+            raise CurloraError("perplexity: pass either text (with a tokenizer) or input_ids, not both.")
+        ids = input_ids
+    else:
+        if text is None or tokenizer is None:
+            raise CurloraError("perplexity: nothing to score; pass text and a tokenizer, or input_ids.")
+        try:
+            enc = tokenizer(text, return_tensors="pt")
+        except TypeError:
+            enc = tokenizer(text)
+        ids = enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc
+    ids = torch.as_tensor(ids)
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1:
+        raise CurloraError(
+            "perplexity: input_ids must be one sequence (shape [n] or [1, n]), "
+            f"got shape {tuple(ids.shape)}; join the texts into one string first."
+        )
+    if ids.is_floating_point() or ids.is_complex():
+        raise CurloraError("perplexity: input_ids must be integer token ids.")
+    return ids.long().cpu()
+
+
+def _windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) per window, all in global token positions.
+
+    Window k covers [k*stride, min(k*stride + max_length, n)). Only tokens after the previous window's end
+    are scored, so every token is scored once; token 0 has no context and is never scored.
+    """
+    out = []
+    prev_end = 0
+    for begin in range(0, n, stride):
+        end = min(begin + max_length, n)
+        first = max(prev_end, begin + 1)
+        out.append((begin, end, first))
+        prev_end = end
+        if end == n:
+            break
+    return out
+
+
+def perplexity(
+    model: Any,
+    tokenizer: Any = None,
+    text: str | None = None,
+    *,
+    input_ids: Any = None,
+    max_length: int = 1024,
+    stride: int = 512,
+    device: str | torch.device | None = None,
+    batch_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Perplexity of a causal LM on one long text, with overlapping sliding windows.
+
+    The text is tokenised once (``tokenizer(text, return_tensors="pt")``; a plain callable returning a list
+    of ids works too), or the ids are given directly as ``input_ids`` (shape ``[n]`` or ``[1, n]``).
+    Windows of ``max_length`` tokens start every ``stride`` tokens; in each window only the tokens after the
+    previous window's end are scored, so each one is predicted with at least ``max_length - stride`` tokens of
+    context. Token 0 of the text (and, when ``stride == max_length``, the first token of every window) has no
+    context and is not scored; ``tokens`` counts exactly the scored tokens.
+
+    ``max_length`` is clamped to the model's ``max_position_embeddings`` (and ``stride`` to ``max_length``).
+    Runs under ``torch.inference_mode()`` with ``model.eval()``; the model's previous train/eval mode is
+    restored afterwards. Inputs go to ``device`` (default: the device of the model's first parameter); the
+    model itself is not moved. ``batch_size > 1`` runs that many full-length windows per forward pass (a
+    shorter final window runs on its own), which gives the same result up to float rounding.
+    ``progress(advance, total)`` is called after every forward pass with the number of windows just done
+    and the total number of windows.
+
+    Returns ``{"ppl", "nll", "tokens", "max_length", "stride", "windows"}`` where ``nll`` is the mean
+    negative log-likelihood per scored token in nats (``ppl == exp(nll)``) and ``max_length``/``stride`` are
+    the values actually used.
+    """
+    if not isinstance(max_length, int) or max_length < 2:
+        raise CurloraError(f"perplexity: max_length must be an integer >= 2, got {max_length!r}.")
+    if not isinstance(stride, int) or not 1 <= stride <= max_length:
+        raise CurloraError(
+            f"perplexity: stride must be an integer between 1 and max_length ({max_length}), got {stride!r}; "
+            "a larger stride would skip tokens."
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise CurloraError(f"perplexity: batch_size must be a positive integer, got {batch_size!r}.")
+    ids = _resolve_ids(tokenizer, text, input_ids)
+    n = int(ids.numel())
+    if n < 2:
+        raise CurloraError(
+            f"perplexity: the text has {n} token(s); at least 2 are needed to score one. Use a longer text."
+        )
+    limit = _max_positions(model)
+    if limit is not None and max_length > limit:
+        logger.info(
+            "perplexity: max_length %d exceeds the model's %d positions; using %d", max_length, limit, limit
+        )
+        max_length = limit
+        stride = min(stride, max_length)
+
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except (StopIteration, AttributeError, TypeError):
+            device = torch.device("cpu")
+    device = torch.device(device)
+
+    windows = _windows(n, max_length, stride)
+    # Consecutive windows of equal length form batches (all but possibly the last have length max_length).
+    batches: list[list[tuple[int, int, int]]] = []
+    for w in windows:
+        same_length = bool(batches) and batches[-1][0][1] - batches[-1][0][0] == w[1] - w[0]
+        if same_length and len(batches[-1]) < batch_size:
+            batches[-1].append(w)
+        else:
+            batches.append([w])
+
+    accepted = _forward_kwargs(model)
+    total = len(windows)
+    total_nll = 0.0
+    total_tokens = 0
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                length = batch[0][1] - batch[0][0]
+                x = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
+                # Logits at window position p predict token p+1, so scoring tokens [s, length) needs logits
+                # at positions [s-1, length-1); keep only the last `keep` positions of the output.
+                keep = length - min(f - b for b, _, f in batch) + 1
+                kwargs: dict[str, Any] = {"input_ids": x}
+                if "logits_to_keep" in accepted:
+                    kwargs["logits_to_keep"] = keep
+                if "use_cache" in accepted:
+                    kwargs["use_cache"] = False
+                out = model(**kwargs)
+                logits = out.logits if hasattr(out, "logits") else out[0]
+                logits = logits[:, -keep:, :]
+                offset = length - keep  # window position of logits[:, 0]
+                for row, (b, _, f) in enumerate(batch):
+                    s = f - b  # first scored window position (>= 1)
+                    pred = logits[row, s - 1 - offset : length - 1 - offset].float()
+                    target = x[row, s:length]
+                    total_nll += F.cross_entropy(pred, target, reduction="sum").item()
+                    total_tokens += length - s
+                if progress is not None:
+                    progress(len(batch), total)
+    finally:
+        model.train(was_training)
+
+    nll = total_nll / total_tokens
+    return {
+        "ppl": math.exp(nll),
+        "nll": nll,
+        "tokens": total_tokens,
+        "max_length": max_length,
+        "stride": stride,
+        "windows": total,
+    }
