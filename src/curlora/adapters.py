@@ -41,8 +41,9 @@ def check_adapter_dir(path: str | Path) -> dict:
 
 def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default", is_trainable: bool = False):
     """`PeftModel.from_pretrained` after checking the files; CURLoRA adapters also check the base model."""
-    import curlora  # noqa: F401  (registers CURLoRA with PEFT)
     from peft import PeftModel
+
+    import curlora  # noqa: F401  (registers CURLoRA with PEFT)
 
     check_adapter_dir(path)
     return PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)

@@ -10,7 +10,9 @@ from rich.console import Console
 
 from curlora.errors import CurloraError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="CURLoRA continual fine-tuning and forgetting benchmarks.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="CURLoRA continual fine-tuning and forgetting benchmarks."
+)
 console = Console(stderr=True)
 
 
@@ -26,3 +28,9 @@ def run() -> None:
     except CurloraError as err:
         console.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
+
+
+from curlora.cli.bench import bench, report  # noqa: E402
+
+app.command()(bench)
+app.command()(report)

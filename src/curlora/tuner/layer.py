@@ -26,7 +26,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 class CURLoRALayer(BaseTunerLayer):
     adapter_layer_names = ("curlora_U",)
-    other_param_names = ("curlora_alpha", "curlora_cols", "curlora_rows", "curlora_fingerprint", "curlora_C", "curlora_R")
+    other_param_names = (
+        "curlora_alpha",
+        "curlora_cols",
+        "curlora_rows",
+        "curlora_fingerprint",
+        "curlora_C",
+        "curlora_R",
+    )
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -72,9 +79,7 @@ class CURLoRALayer(BaseTunerLayer):
             raise CurloraError("CURLoRA selects columns from real weights; load the model's weights (not meta)")
         seed = cur.layer_seed(config.seed, layer_name)
         try:
-            selection = cur.cur_select(
-                weight, config.r, config.sampling, seed=seed, replacement=config.replacement
-            )
+            selection = cur.cur_select(weight, config.r, config.sampling, seed=seed, replacement=config.replacement)
         except CurloraError as err:
             raise CurloraError(f"{layer_name or 'layer'}: {err}") from None
         self.curlora_alpha[adapter_name] = float(config.alpha)
@@ -98,7 +103,9 @@ class CURLoRALayer(BaseTunerLayer):
                 f"adapter {adapter_name!r} is inconsistent: {cols.numel()} columns, {rows.numel()} rows, "
                 f"U of shape {tuple(self.curlora_U[adapter_name].shape)}; the adapter file is corrupted"
             )
-        if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= in_f or int(rows.min()) < 0 or int(rows.max()) >= out_f):
+        if cols.numel() and (
+            int(cols.min()) < 0 or int(cols.max()) >= in_f or int(rows.min()) < 0 or int(rows.max()) >= out_f
+        ):
             raise CurloraError(
                 f"adapter {adapter_name!r} indexes outside this {out_f} × {in_f} weight: it was made for a "
                 "different base model; load it onto the model it was trained on"

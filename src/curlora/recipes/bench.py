@@ -1,0 +1,542 @@
+"""The continual-learning bench (paper §6.4, done right).
+
+For every method and seed, from the same base weights, data order and head seeds:
+  1. perplexity of the base model on general text (sliding window);
+  2. for each task in order: a fresh seeded head on the last non-padding token, train adapter + head
+     (AdamW, cosine schedule with warmup), then evaluate every task seen so far with its own head;
+  3. perplexity again, through the untouched LM head.
+After every (method, seed, task) the adapter + heads and results.json are written atomically, so a killed run
+resumes where it stopped and ends with the numbers an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import curlora
+from curlora.adapters import ADAPTER_WEIGHTS
+from curlora.classify import Encoded, backbone_of, batches, encode, hidden_size, new_head, pooled_hidden
+from curlora.data import Suite, load_suite, subsample_train
+from curlora.errors import CurloraError
+from curlora.io import atomic_dir, atomic_write_json
+from curlora.metrics import perplexity
+from curlora.recipes.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
+from curlora.recipes.presets import PRESETS
+from curlora.tuner.config import default_target_modules
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "quick"
+    model: str = "smollm2-135m"
+    suite: str = "builtin"
+    data_dir: str | None = None
+    methods: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_train: int | None = None
+    n_eval: int | None = None
+    epochs: int = 1
+    batch_size: int = 8
+    eval_batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int | None = None
+    warmup_ratio: float | None = 0.1
+    weight_decay: float = 0.0
+    max_length: int = 64
+    ppl_max_length: int = 256
+    ppl_stride: int = 256
+    ppl_max_tokens: int | None = None
+    alpha: float = 1.0
+    sampling: str = "inverted"
+    target_modules: list[str] | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def result_key(self) -> dict:
+        """The fields that change the numbers (a resumed run must match them); device placement excluded."""
+        d = dataclasses.asdict(self)
+        for k in ("device", "eval_batch_size"):
+            d.pop(k)
+        return d
+
+
+def make_config(preset: str = "quick", **overrides) -> BenchConfig:
+    if preset not in PRESETS:
+        raise CurloraError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - {f.name for f in dataclasses.fields(BenchConfig)}
+    if unknown:
+        raise CurloraError(f"unknown bench option(s): {', '.join(sorted(unknown))}")
+    config = BenchConfig(preset=preset, **values)
+    specs = [parse_method(m) for m in config.methods]
+    if not specs:
+        raise CurloraError("no methods given; e.g. --methods curlora-16,lora-16,head_only")
+    if len({s.label for s in specs}) != len(specs):
+        raise CurloraError("a method is listed twice; list each once")
+    for name, value in (
+        ("epochs", config.epochs),
+        ("batch_size", config.batch_size),
+        ("max_length", config.max_length),
+    ):
+        if value < 1:
+            raise CurloraError(f"{name} must be >= 1, got {value}")
+    for name in ("n_train", "n_eval"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise CurloraError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not config.seeds:
+        raise CurloraError("no seeds given; e.g. --seeds 0,1,2")
+    return config
+
+
+class Reporter:
+    """Receives progress; the library never prints. The CLI subclasses this with rich progress bars."""
+
+    def bar(self, description: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def end_bar(self) -> None: ...
+    def stage(self, summary: dict) -> None: ...
+    def note(self, message: str) -> None:
+        log.info(message)
+
+
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CurloraError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype == "auto":
+        return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    if dtype not in names:
+        raise CurloraError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return dev, names[dtype]
+
+
+def _derive_seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:7], "little")
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+class Bench:
+    def __init__(
+        self,
+        config: BenchConfig,
+        out_dir: str | Path,
+        *,
+        model=None,
+        tokenizer=None,
+        suite: Suite | None = None,
+        reporter: Reporter | None = None,
+        overwrite: bool = False,
+    ):
+        self.config = config
+        self.out = Path(out_dir)
+        self.reporter = reporter or Reporter()
+        self.specs = [parse_method(m) for m in config.methods]
+        self.device, self.dtype = resolve_device(config.device, config.dtype)
+        self._check_out_dir(overwrite)
+        self.suite = suite if suite is not None else load_suite(config.suite, config.data_dir)
+        if model is None:
+            model, tokenizer = curlora.load_model(config.model)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # frozen copy of the base: every method and seed starts from exactly these weights
+        self.base = model.to(self.device, dtype=self.dtype).eval().requires_grad_(False)
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        self.targets = list(config.target_modules or default_target_modules(model_type))
+        for spec in self.specs:
+            check_rank_fits(self.base, spec, self.targets)
+        self.hidden = hidden_size(self.base)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        )
+
+    # -- run directory ----------------------------------------------------------------------------------------
+    def _check_out_dir(self, overwrite: bool) -> None:
+        cfg_file = self.out / "config.json"
+        if cfg_file.exists() and not overwrite:
+            try:
+                saved = json.loads(cfg_file.read_text())
+            except json.JSONDecodeError:
+                raise CurloraError(f"{cfg_file} is not valid JSON; delete the folder or pass --overwrite") from None
+            mine = json.loads(json.dumps(self.config.result_key()))
+            theirs = {k: v for k, v in saved.items() if k in mine}
+            diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+            if diff:
+                raise CurloraError(
+                    f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
+                    "pass --out NEW_FOLDER, or --overwrite to start over"
+                )
+        elif overwrite and self.out.exists():
+            import shutil
+
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg_file, self.config.result_key() | {"device": self.config.device})
+
+    def _stage_dir(self, spec: MethodSpec, seed: int, i: int) -> Path:
+        return self.out / "runs" / _slug(spec.label) / f"seed-{seed}" / f"stage-{i}-{self.suite.tasks[i].name}"
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def _encoded(self, seed: int) -> list[tuple[Encoded, Encoded]]:
+        out = []
+        for task in self.suite.tasks:
+            train = subsample_train(task, self.config.n_train, seed).train
+            evals = task.eval
+            if self.config.n_eval is not None and self.config.n_eval < len(evals):
+                # a fixed subset (independent of the run seed): every run is scored on the same examples
+                keep = torch.randperm(len(evals), generator=torch.Generator().manual_seed(20240715))
+                evals = [evals[k] for k in sorted(keep[: self.config.n_eval].tolist())]
+            enc = [
+                encode(
+                    self.tokenizer,
+                    [e.text for e in split],
+                    [e.text_pair for e in split],
+                    [e.label for e in split],
+                    self.config.max_length,
+                )
+                for split in (train, evals)
+            ]
+            out.append((enc[0], enc[1]))
+        return out
+
+    # -- one stage --------------------------------------------------------------------------------------------
+    def _train(
+        self,
+        model: nn.Module,
+        head: nn.Linear,
+        data: Encoded,
+        seed: int,
+        i: int,
+        lr: float,
+        features: torch.Tensor | None,
+    ) -> dict:
+        cfg = self.config
+        params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round((cfg.warmup_ratio or 0) * total)
+        from transformers import get_cosine_schedule_with_warmup
+
+        sched = get_cosine_schedule_with_warmup(opt, warmup, total)
+        torch.manual_seed(_derive_seed(seed, i, "dropout"))
+        backbone = backbone_of(model)
+        model.train()
+        losses, peak_lr, t0 = [], 0.0, time.perf_counter()
+        self.reporter.bar(f"train {self.suite.tasks[i].name}", total)
+        for epoch in range(cfg.epochs):
+            gen = torch.Generator().manual_seed(_derive_seed(seed, i, epoch, "shuffle"))
+            for ids, mask, labels, idx in batches(data, cfg.batch_size, self.pad_id, generator=gen):
+                peak_lr = max(peak_lr, sched.get_last_lr()[0])
+                with self.autocast:
+                    if features is not None:
+                        pooled = features[idx.to(features.device)]
+                    else:
+                        pooled = pooled_hidden(backbone, ids.to(self.device), mask.to(self.device))
+                    logits = head(pooled.float())
+                loss = F.cross_entropy(logits.float(), labels.to(self.device))
+                loss.backward()
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                self.reporter.advance()
+        self.reporter.end_bar()
+        model.eval()
+        tail = losses[-max(1, len(losses) // 10) :]
+        return {
+            "train_loss": sum(tail) / len(tail),
+            "steps": total,
+            "peak_lr": peak_lr,
+            "train_s": time.perf_counter() - t0,
+        }
+
+    @torch.inference_mode()
+    def _features(self, model: nn.Module, data: Encoded, what: str) -> torch.Tensor:
+        """Pooled hidden states of every example, in data order (eval mode)."""
+        backbone = backbone_of(model)
+        out = torch.empty(len(data), self.hidden, device=self.device)
+        self.reporter.bar(what, math.ceil(len(data) / self.config.eval_batch_size))
+        for ids, mask, _, idx in batches(data, self.config.eval_batch_size, self.pad_id, sort_by_length=True):
+            with self.autocast:
+                out[idx.to(self.device)] = pooled_hidden(backbone, ids.to(self.device), mask.to(self.device)).float()
+            self.reporter.advance()
+        self.reporter.end_bar()
+        return out
+
+    @torch.inference_mode()
+    def _accuracy(self, head: nn.Linear, feats: torch.Tensor, data: Encoded) -> float:
+        pred = head(feats).argmax(-1).cpu()
+        return float((pred == torch.tensor(data.labels)).float().mean())
+
+    def _perplexity(self, model: nn.Module, what: str) -> dict:
+        cfg = self.config
+        ids = self.tokenizer(self.suite.ppl_text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        if cfg.ppl_max_tokens:
+            ids = ids[:, : cfg.ppl_max_tokens]
+        n_windows = max(1, math.ceil(max(0, ids.shape[1] - cfg.ppl_max_length) / cfg.ppl_stride) + 1)
+        self.reporter.bar(what, n_windows)
+        with self.autocast:
+            res = perplexity(
+                model,
+                input_ids=ids,
+                max_length=cfg.ppl_max_length,
+                stride=cfg.ppl_stride,
+                device=self.device,
+                batch_size=8 if self.device.type == "cuda" else 1,
+                progress=lambda n, _total: self.reporter.advance(n),
+            )
+        self.reporter.end_bar()
+        return res
+
+    # -- one (method, seed) -----------------------------------------------------------------------------------
+    def _run_one(self, spec: MethodSpec, seed: int, encoded, base_ppl: dict, results: dict) -> dict:
+        cfg = self.config
+        lr = spec.lr if spec.lr is not None else cfg.lr
+        record = {
+            "label": spec.label,
+            "method": spec.method,
+            "rank": spec.rank,
+            "sampling": (spec.sampling or cfg.sampling) if spec.method == "curlora" else None,
+            "lr": lr,
+            "seed": seed,
+            "acc": [],
+            "stages": [],
+            "ppl_before": base_ppl["ppl"],
+            "ppl_after": None,
+            "complete": False,
+        }
+        done_file = self.out / "runs" / _slug(spec.label) / f"seed-{seed}" / "run.json"
+        if done_file.exists():
+            return json.loads(done_file.read_text())
+        t_start = time.perf_counter()
+        model = copy.deepcopy(self.base)
+        originals = {n: p.detach().clone() for n, p in model.named_parameters()} if spec.method == "full" else None
+        model = wrap_model(
+            model,
+            spec,
+            target_modules=self.targets,
+            alpha=cfg.alpha,
+            sampling=cfg.sampling,
+            seed=_derive_seed(seed, "cur") % (2**31),
+        )
+        record["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        heads: list[nn.Linear] = []
+        eval_feats_frozen: dict[int, torch.Tensor] = {}
+        prior_wall = 0.0
+        for i, task in enumerate(self.suite.tasks):
+            stage_dir = self._stage_dir(spec, seed, i)
+            head = new_head(self.hidden, len(task.label_names), _derive_seed(seed, i, "head") % (2**31))
+            head.to(self.device)
+            if (stage_dir / "stage.json").exists():  # finished earlier: restore its state, skip the work
+                self._load_stage(model, spec, heads + [head], stage_dir)
+                heads.append(head.requires_grad_(False))
+                stage = json.loads((stage_dir / "stage.json").read_text())
+                record["acc"].append(stage.pop("acc"))
+                record["stages"].append(stage)
+                prior_wall = stage.get("wall_s_total", prior_wall)
+                continue
+            train_data, _ = encoded[i]
+            feats = None
+            if spec.method == "head_only":  # the backbone never changes: embed once, train the head on features
+                feats = self._features(model, train_data, f"embed {task.name}")
+            stage = {"task": task.name, **self._train(model, head, train_data, seed, i, lr, feats)}
+            heads.append(head.requires_grad_(False))
+            t_eval, row = time.perf_counter(), []
+            for j in range(i + 1):
+                if spec.method == "head_only" and j in eval_feats_frozen:
+                    feats_j = eval_feats_frozen[j]
+                else:
+                    feats_j = self._features(model, encoded[j][1], f"eval {self.suite.tasks[j].name}")
+                    if spec.method == "head_only":
+                        eval_feats_frozen[j] = feats_j
+                row.append(self._accuracy(heads[j], feats_j, encoded[j][1]))
+            stage["eval_s"] = time.perf_counter() - t_eval
+            stage["wall_s_total"] = prior_wall + time.perf_counter() - t_start
+            self._save_stage(model, spec, heads, stage_dir, {**stage, "acc": row})
+            record["acc"].append(row)
+            record["stages"].append(stage)
+            self.reporter.stage(
+                {
+                    "label": spec.label,
+                    "seed": seed,
+                    "task": task.name,
+                    "acc": row,
+                    "tasks": [t.name for t in self.suite.tasks[: i + 1]],
+                    **stage,
+                }
+            )
+            self._write_results(results, record)
+        ppl_after = self._perplexity(model, f"perplexity after ({spec.label})")
+        ratios = _delta_norm_ratios(model, originals)
+        last_dir = self._stage_dir(spec, seed, len(self.suite.tasks) - 1)
+        record.update(
+            {
+                "ppl_after": ppl_after["ppl"],
+                "delta_norm_ratio": {"mean": sum(ratios) / len(ratios), "max": max(ratios)} if ratios else None,
+                "head_params": sum(h.weight.numel() + h.bias.numel() for h in heads),
+                "adapter_bytes": (last_dir / "adapter" / ADAPTER_WEIGHTS).stat().st_size
+                if spec.method != "head_only"
+                else None,
+                "wall_s": prior_wall + time.perf_counter() - t_start,
+                "peak_lr": max(s["peak_lr"] for s in record["stages"]),
+                "complete": True,
+            }
+        )
+        atomic_write_json(done_file, record)
+        return record
+
+    def _save_stage(self, model, spec: MethodSpec, heads, stage_dir: Path, stage: dict) -> None:
+        with atomic_dir(stage_dir) as tmp:
+            if spec.has_adapter:
+                model.save_pretrained(tmp / "adapter")
+            elif spec.method == "full":
+                (tmp / "adapter").mkdir()
+                save_file(trainable_state(model), str(tmp / "adapter" / ADAPTER_WEIGHTS))
+            save_file(
+                {
+                    f"head_{j}.{k}": v.detach().cpu().contiguous()
+                    for j, h in enumerate(heads)
+                    for k, v in h.state_dict().items()
+                },
+                str(tmp / "heads.safetensors"),
+            )
+            atomic_write_json(tmp / "stage.json", stage)
+
+    def _load_stage(self, model, spec: MethodSpec, heads, stage_dir: Path) -> None:
+        saved = load_file(str(stage_dir / "heads.safetensors"), device=str(self.device))
+        for j, h in enumerate(heads):
+            h.load_state_dict({"weight": saved[f"head_{j}.weight"], "bias": saved[f"head_{j}.bias"]})
+        weights = stage_dir / "adapter" / ADAPTER_WEIGHTS
+        if spec.has_adapter:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_file(str(weights), device=str(self.device)))
+        elif spec.method == "full":
+            state = load_file(str(weights), device=str(self.device))
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for name, value in state.items():
+                    params[name].copy_(value)
+
+    # -- whole bench ------------------------------------------------------------------------------------------
+    def _write_results(self, results: dict, partial: dict | None = None) -> None:
+        runs = list(results["runs"])
+        if partial is not None:
+            runs = [r for r in runs if not (r["label"] == partial["label"] and r["seed"] == partial["seed"])]
+            runs.append(partial)
+        atomic_write_json(self.out / "results.json", {**results, "runs": runs})
+
+    def run(self) -> dict:
+        base_file = self.out / "base_ppl.json"
+        if base_file.exists():
+            base_ppl = json.loads(base_file.read_text())
+        else:
+            base_ppl = self._perplexity(self.base, "perplexity of the base model")
+            atomic_write_json(base_file, base_ppl)
+        results = {
+            "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": self.config.result_key()
+            | {
+                "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "target_modules": self.targets,
+            },
+            "environment": environment(self.device),
+            "suite": {
+                "name": self.suite.name,
+                "tasks": [t.name for t in self.suite.tasks],
+                "ppl_name": self.suite.ppl_name,
+                "notes": list(self.suite.notes),
+                "ppl_tokens": base_ppl.get("tokens"),
+                "ppl_max_length": base_ppl.get("max_length"),
+                "ppl_stride": base_ppl.get("stride"),
+            },
+            "runs": [],
+        }
+        for seed in self.config.seeds:
+            encoded = self._encoded(seed)
+            for spec in self.specs:
+                record = self._run_one(spec, seed, encoded, base_ppl, results)
+                results["runs"] = [
+                    r for r in results["runs"] if not (r["label"] == record["label"] and r["seed"] == record["seed"])
+                ] + [record]
+                self._write_results(results)
+        # runs in a stable order: methods as listed, then seeds
+        order = {s.label: k for k, s in enumerate(self.specs)}
+        results["runs"].sort(key=lambda r: (order.get(r["label"], 99), r["seed"]))
+        self._write_results(results)
+        return results
+
+
+@torch.no_grad()
+def _delta_norm_ratios(model: nn.Module, originals: dict[str, torch.Tensor] | None) -> list[float]:
+    """‖ΔW‖_F/‖W‖_F per adapted layer: PEFT layers via get_delta_weight; `full` against the saved originals."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    ratios = []
+    if originals is not None:
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                w0 = originals[name].float()
+                ratios.append(float((p.float() - w0).norm() / w0.norm().clamp_min(1e-12)))
+        return ratios
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "get_delta_weight"):
+            for name in module.active_adapters:
+                delta = module.get_delta_weight(name).float()
+                w = module.get_base_layer().weight.float()
+                ratios.append(float(delta.norm() / w.norm().clamp_min(1e-12)))
+    return ratios
+
+
+def environment(device: torch.device) -> dict:
+    import peft
+    import transformers
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    return {
+        "device_name": name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "curlora": curlora.__version__,
+        "python": platform.python_version(),
+    }
