@@ -26,5 +26,6 @@ def lora_config(
         bias="none",
         init_lora_weights=True,
         target_modules=target_modules or default_target_modules(model_type),
+        fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D stores weights in × out
         **kwargs,
     )

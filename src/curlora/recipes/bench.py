@@ -304,7 +304,7 @@ class Bench:
 
     def _perplexity(self, model: nn.Module, what: str) -> dict:
         cfg = self.config
-        ids = self.tokenizer(self.suite.ppl_text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(self.suite.ppl_text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"]
         if cfg.ppl_max_tokens:
             ids = ids[:, : cfg.ppl_max_tokens]
         n_windows = max(1, math.ceil(max(0, ids.shape[1] - cfg.ppl_max_length) / cfg.ppl_stride) + 1)
@@ -389,6 +389,7 @@ class Bench:
             self._save_stage(model, spec, heads, stage_dir, {**stage, "acc": row})
             record["acc"].append(row)
             record["stages"].append(stage)
+            self._write_results(results, record)
             self.reporter.stage(
                 {
                     "label": spec.label,
@@ -399,7 +400,6 @@ class Bench:
                     **stage,
                 }
             )
-            self._write_results(results, record)
         ppl_after = self._perplexity(model, f"perplexity after ({spec.label})")
         ratios = _delta_norm_ratios(model, originals)
         last_dir = self._stage_dir(spec, seed, len(self.suite.tasks) - 1)
