@@ -7,13 +7,41 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from curlora.errors import CurloraError
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="CURLoRA continual fine-tuning and forgetting benchmarks."
-)
 console = Console(stderr=True)
+
+
+def _print_error(err: CurloraError) -> None:
+    # soft_wrap: one line however long (no wrapping at the terminal width); escape: messages may hold [brackets]
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
+
+
+class _Group(TyperGroup):
+    """Turns a CurloraError raised by any command into one red line and exit code 2.
+
+    Handled here, inside Click's invocation, so it works however the app is started: the console script
+    (`app()` or `run()`), `python -m curlora`, and `typer.testing.CliRunner`. Typer itself would re-raise the
+    exception and show a traceback.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CurloraError as err:
+            _print_error(err)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    help="CURLoRA continual fine-tuning and forgetting benchmarks.",
+)
 
 
 @app.callback()
@@ -25,8 +53,8 @@ def run() -> None:
     """Console-script entry point: user mistakes print one clear line, not a traceback."""
     try:
         app()
-    except CurloraError as err:
-        console.print(f"[bold red]error:[/] {err}")
+    except CurloraError as err:  # raised outside a command (e.g. while parsing); commands are handled by _Group
+        _print_error(err)
         sys.exit(2)
 
 
@@ -34,3 +62,9 @@ from curlora.cli.bench import bench, report  # noqa: E402
 
 app.command()(bench)
 app.command()(report)
+
+from curlora.cli.data import data_app  # noqa: E402
+from curlora.cli.info import info  # noqa: E402
+
+app.command()(info)
+app.add_typer(data_app, name="data")
