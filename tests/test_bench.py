@@ -64,11 +64,18 @@ CONFIG = dict(
 )
 
 
-def run_bench(tmp_path, name="run", methods=("curlora-2", "lora-2", "head_only", "full"), arch=tiny_llama,
-              reporter=None, **overrides):
+def run_bench(
+    tmp_path,
+    name="run",
+    methods=("curlora-2", "lora-2", "head_only", "full"),
+    arch=tiny_llama,
+    reporter=None,
+    **overrides,
+):
     config = make_config("quick", **{**CONFIG, "methods": list(methods), **overrides})
-    bench = Bench(config, tmp_path / name, model=arch(), tokenizer=tiny_tokenizer(), suite=synthetic_suite(),
-                  reporter=reporter)
+    bench = Bench(
+        config, tmp_path / name, model=arch(), tokenizer=tiny_tokenizer(), suite=synthetic_suite(), reporter=reporter
+    )
     return bench.run(), tmp_path / name
 
 
@@ -95,8 +102,12 @@ def test_end_to_end_tiny_llama(tmp_path):
     # every stage saved: adapter + heads + stage record
     stage = out / "runs" / "curlora-2" / "seed-0" / "stage-1-para"
     assert (stage / "adapter" / "adapter_model.safetensors").is_file()
-    assert set(load_file(str(stage / "heads.safetensors"))) == {"head_0.weight", "head_0.bias", "head_1.weight",
-                                                                "head_1.bias"}
+    assert set(load_file(str(stage / "heads.safetensors"))) == {
+        "head_0.weight",
+        "head_0.bias",
+        "head_1.weight",
+        "head_1.bias",
+    }
     report = write_report(out)
     assert "curlora-2" in report.read_text() and (out / "acc_matrix.png").is_file()
 
@@ -110,8 +121,9 @@ def test_stage_can_be_reloaded_and_re_evaluated(tmp_path):
     for j, task in enumerate(suite.tasks):
         head = new_head(64, len(task.label_names), 0)
         head.load_state_dict({"weight": heads[f"head_{j}.weight"], "bias": heads[f"head_{j}.bias"]})
-        enc = encode(tok, [e.text for e in task.eval], [e.text_pair for e in task.eval],
-                     [e.label for e in task.eval], 32)
+        enc = encode(
+            tok, [e.text for e in task.eval], [e.text_pair for e in task.eval], [e.label for e in task.eval], 32
+        )
         correct = 0
         with torch.no_grad():
             for ids, label in zip(enc.ids, enc.labels, strict=True):
@@ -132,8 +144,10 @@ class StopAfter(Reporter):
 
 
 def _numbers(results):
-    return [(r["label"], r["acc"], [s["train_loss"] for s in r["stages"]], r["ppl_after"], r["delta_norm_ratio"])
-            for r in results["runs"]]
+    return [
+        (r["label"], r["acc"], [s["train_loss"] for s in r["stages"]], r["ppl_after"], r["delta_norm_ratio"])
+        for r in results["runs"]
+    ]
 
 
 @pytest.mark.parametrize("stop_after", [1, 4])
@@ -171,5 +185,10 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(CurloraError, match="other settings .*lr"):
         run_bench(tmp_path, "same", methods=["head_only"], lr=1e-2)
     with pytest.raises(CurloraError, match="one class|single class|only one"):
-        Task(name="x", kind="single", label_names=("a", "b"), train=[Example("t", 0)] * 4,
-             eval=[Example("t", 0), Example("u", 1)])
+        Task(
+            name="x",
+            kind="single",
+            label_names=("a", "b"),
+            train=[Example("t", 0)] * 4,
+            eval=[Example("t", 0), Example("u", 1)],
+        )

@@ -304,7 +304,9 @@ class Bench:
 
     def _perplexity(self, model: nn.Module, what: str) -> dict:
         cfg = self.config
-        ids = self.tokenizer(self.suite.ppl_text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self.tokenizer(self.suite.ppl_text, return_tensors="pt", add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
         if cfg.ppl_max_tokens:
             ids = ids[:, : cfg.ppl_max_tokens]
         n_windows = max(1, math.ceil(max(0, ids.shape[1] - cfg.ppl_max_length) / cfg.ppl_stride) + 1)

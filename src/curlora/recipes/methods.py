@@ -101,7 +101,9 @@ def wrap_model(
         return get_peft_model(model, config)
     if spec.method == "lora":
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        return get_peft_model(model, lora_config(spec.rank, alpha, target_modules=target_modules, model_type=model_type))
+        return get_peft_model(
+            model, lora_config(spec.rank, alpha, target_modules=target_modules, model_type=model_type)
+        )
     if spec.method == "full":
         for module in target_layers(model, target_modules).values():
             # an fp32 master copy for AdamW; autocast runs the matmuls in the compute dtype

@@ -1,0 +1,5 @@
+"""`python -m curlora` = the `curlora` command."""
+
+from curlora.cli import run
+
+run()
