@@ -192,3 +192,19 @@ def test_bad_inputs(tmp_path):
             train=[Example("t", 0)] * 4,
             eval=[Example("t", 0), Example("u", 1)],
         )
+
+
+def test_merge_parts_of_one_study(tmp_path):
+    from curlora.report import merge_results
+
+    a, _ = run_bench(tmp_path, "a", methods=["head_only"])
+    b, _ = run_bench(tmp_path, "b", methods=["curlora-2"])
+    merged = merge_results([a, b])
+    validate_results(merged)
+    assert [r["label"] for r in merged["runs"]] == ["head_only", "curlora-2"]
+    assert merged["config"]["methods"] == ["head_only", "curlora-2"]
+    with pytest.raises(CurloraError, match="appears in two parts"):
+        merge_results([a, a])
+    c, _ = run_bench(tmp_path, "c", methods=["curlora-2"], lr=1e-2)
+    with pytest.raises(CurloraError, match="other settings .*lr"):
+        merge_results([a, c])

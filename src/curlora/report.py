@@ -105,6 +105,37 @@ INCOMPLETE_MARK = "*"
 # --------------------------------------------------------------------------------------------------------
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the results of several bench runs of one study (e.g. one process per GPU) into one.
+
+    The parts must share the suite and every setting except the methods and seeds; their runs are concatenated
+    (a (label, seed) pair may appear once), in the order given."""
+    if not parts:
+        raise CurloraError("nothing to merge: give at least one run directory")
+    first = parts[0]
+    ignored = {"methods", "seeds", "device"}
+    base_cfg = {k: v for k, v in first.get("config", {}).items() if k not in ignored}
+    runs: list[dict[str, Any]] = []
+    seen: set[tuple[str, Any]] = set()
+    for k, part in enumerate(parts):
+        cfg = {key: v for key, v in part.get("config", {}).items() if key not in ignored}
+        diff = sorted(key for key in set(cfg) | set(base_cfg) if cfg.get(key) != base_cfg.get(key))
+        if diff:
+            raise CurloraError(f"part {k} was run with other settings ({', '.join(diff)}); merge runs of one study only")
+        if part.get("suite", {}).get("tasks") != first.get("suite", {}).get("tasks"):
+            raise CurloraError(f"part {k} has other tasks; merge runs of one suite only")
+        for run in part["runs"]:
+            key = (run["label"], run.get("seed"))
+            if key in seen:
+                raise CurloraError(f"{run['label']} seed {run.get('seed')} appears in two parts; merge each run once")
+            seen.add(key)
+            runs.append(run)
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    seeds = sorted({r.get("seed") for r in runs if r.get("seed") is not None})
+    config = {**first.get("config", {}), "methods": labels, "seeds": seeds}
+    return {**first, "config": config, "runs": runs}
+
+
 def _results_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     return p if p.suffix == ".json" and not p.is_dir() else p / RESULTS_FILE

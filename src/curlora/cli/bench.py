@@ -170,3 +170,19 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder holding result
 
     print_summary(json.loads((run_dir / "results.json").read_text()))
     console.print(f"report: {path}")
+
+
+def merge(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders of one study (e.g. one per GPU)."),
+    out: Path = typer.Option(..., help="Folder for the merged results.json, report.md and plots."),
+) -> None:
+    """Merge the results of several bench runs of one study and write one report."""
+    from curlora.io import atomic_write_json
+    from curlora.report import RESULTS_FILE, load_results, merge_results, write_report
+
+    merged = merge_results([load_results(d) for d in run_dirs])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / RESULTS_FILE, merged)
+    path = write_report(out)
+    print_summary(merged)
+    console.print(f"merged {len(merged['runs'])} runs → {path}")
