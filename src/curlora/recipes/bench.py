@@ -272,13 +272,13 @@ class Bench:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                losses.append(loss.detach())  # no .item(): a sync per step would stall the GPU queue
                 self.reporter.advance()
         self.reporter.end_bar()
         model.eval()
         tail = losses[-max(1, len(losses) // 10) :]
         return {
-            "train_loss": sum(tail) / len(tail),
+            "train_loss": float(torch.stack(tail).mean()),
             "steps": total,
             "peak_lr": peak_lr,
             "train_s": time.perf_counter() - t0,
