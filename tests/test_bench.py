@@ -208,3 +208,12 @@ def test_merge_parts_of_one_study(tmp_path):
     c, _ = run_bench(tmp_path, "c", methods=["curlora-2"], lr=1e-2)
     with pytest.raises(CurloraError, match="other settings .*lr"):
         merge_results([a, c])
+
+
+def test_cli_method_list_keeps_options_together():
+    from curlora.cli.bench import _method_list
+
+    assert _method_list("curlora-16:lr=1e-3,sampling=uniform,lora-4,head_only") == [
+        "curlora-16:lr=1e-3,sampling=uniform", "lora-4", "head_only"]
+    spec = make_config("quick", methods=_method_list("curlora-8:lr=1e-2,alpha=2")).methods[0]
+    assert spec == "curlora-8:lr=1e-2,alpha=2"

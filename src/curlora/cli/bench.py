@@ -18,6 +18,17 @@ def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _method_list(value: str | None) -> list[str] | None:
+    """Split --methods on commas, keeping `curlora-16:lr=1e-3,sampling=uniform` (options after ':') together."""
+    methods: list[str] = []
+    for part in _csv(value) or []:
+        if methods and ":" in methods[-1] and "=" in part and ":" not in part and "-" not in part.split("=")[0]:
+            methods[-1] += "," + part
+        else:
+            methods.append(part)
+    return methods or None
+
+
 def _ints(value: str | None, what: str) -> list[int] | None:
     try:
         return [int(v) for v in _csv(value)] if value else None
@@ -124,7 +135,7 @@ def bench(
         model=model,
         suite=suite,
         data_dir=str(data_dir) if data_dir else None,
-        methods=_csv(methods),
+        methods=_method_list(methods),
         seeds=_ints(seeds, "--seeds"),
         n_train=n_train,
         n_eval=n_eval,
