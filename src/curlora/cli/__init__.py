@@ -58,13 +58,19 @@ def run() -> None:
         sys.exit(2)
 
 
-from curlora.cli.bench import bench, report  # noqa: E402
+from curlora.cli.bench import bench, merge, report, study_report  # noqa: E402
 
 app.command()(bench)
 app.command()(report)
+app.command()(merge)
+app.command(name="study-report")(study_report)
 
 from curlora.cli.data import data_app  # noqa: E402
 from curlora.cli.info import info  # noqa: E402
 
 app.command()(info)
 app.add_typer(data_app, name="data")
+
+from curlora.cli.sft import sft  # noqa: E402
+
+app.command()(sft)

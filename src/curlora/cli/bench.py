@@ -197,3 +197,13 @@ def merge(
     path = write_report(out)
     print_summary(merged)
     console.print(f"merged {len(merged['runs'])} runs → {path}")
+
+
+def study_report(
+    study_dir: Path = typer.Argument(..., help="Folder with results.json, groups.json and findings.md."),
+    out: Path = typer.Option(Path("docs/REPORT.md"), help="The Markdown file to write."),
+) -> None:
+    """Write one study report (several method groups, their tables and plots) from a merged results.json."""
+    from curlora.recipes.study import write_study_report
+
+    console.print(f"report: {write_study_report(study_dir, out)}")
