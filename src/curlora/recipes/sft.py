@@ -1,0 +1,592 @@
+"""Question answering with CURLoRA (or LoRA) through TRL's SFTTrainer, on SQuAD-format data.
+
+For every method, from the same base weights and the same data:
+  1. split the articles: train on the first ones, evaluate on the held-out last ones (deterministic);
+  2. build prompt/completion pairs ("Context: …\\nQuestion: …\\nAnswer:" → " answer<eos>"), cutting contexts that
+     are too long (never the question or the answer; examples whose answer would be cut are skipped and counted);
+  3. wrap a fresh copy of the base model with `peft.get_peft_model(model, CURLoRAConfig(...))` (or LoRA), train it
+     with `trl.SFTTrainer` (completion-only loss, dynamic padding, bf16 autocast on CUDA), checkpointing real PEFT
+     adapters that `PeftModel.from_pretrained` loads (CURLoRA rebuilds C and R from the saved indices);
+  4. greedy-generate answers to the held-out questions and score them with the official SQuAD EM/F1;
+  5. perplexity on general text (the bench's NYT editorials) before and after, so forgetting shows.
+Method ``none`` only evaluates the base model. Results go to ``results.json`` and ``results.md`` (atomic writes);
+the predictions of each method to ``predictions-<label>.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import curlora
+from curlora.data.squad import count_questions, load_squad, sample_questions, split_articles
+from curlora.errors import CurloraError
+from curlora.io import atomic_write_json, atomic_write_text
+from curlora.metrics import perplexity
+from curlora.qa import DEFAULT_TEMPLATE, NO_ANSWER, PromptBuilder, QAExample, build_examples, evaluate_qa
+from curlora.recipes.bench import Reporter, environment, resolve_device
+from curlora.recipes.methods import MethodSpec, check_rank_fits, parse_method, wrap_model
+from curlora.tuner.config import default_target_modules
+
+log = logging.getLogger(__name__)
+SCHEMA = "curlora-sft/1"
+SFT_METHODS = ("none", "curlora", "lora")
+DEFAULT_LR = {"curlora": 1e-3, "lora": 1e-3}  # the same for both: a fair comparison of forgetting
+
+__all__ = [
+    "DEFAULT_LR",
+    "SFTRecipeConfig",
+    "SFTRun",
+    "build_trainer",
+    "parse_sft_methods",
+    "run_sft",
+    "to_dataset",
+]
+
+
+@dataclass
+class SFTRecipeConfig:
+    """Settings of `curlora sft`; every field changes the numbers except `device`, `eval_batch_size`, `save_steps`,
+    `save_total_limit` and `logging_steps`."""
+
+    data: str = ""
+    model: str = "smollm2-135m"
+    data_split: str = "validation"
+    methods: list[str] = field(default_factory=lambda: ["curlora"])
+    rank: int = 16
+    alpha: float = 1.0
+    sampling: str = "inverted"
+    target_modules: list[str] | None = None
+    lr: float | None = None  # None: DEFAULT_LR of the method
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_length: int = 512
+    template: str = DEFAULT_TEMPLATE
+    keep_unanswerable: bool = False
+    no_answer: str = NO_ANSWER
+    eval_articles: float = 1
+    train_articles: int | None = None
+    max_train_questions: int | None = None
+    eval_questions: int | None = None
+    max_new_tokens: int = 32
+    eval_batch_size: int = 32
+    ppl_max_tokens: int | None = 16384
+    ppl_max_length: int = 512
+    ppl_stride: int = 256
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    save_steps: int = 50
+    save_total_limit: int | None = 2
+    logging_steps: int = 10
+
+    _NOT_RESULT = ("device", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps")
+
+    def result_key(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in self._NOT_RESULT:
+            d.pop(k, None)
+        return json.loads(json.dumps(d))
+
+    def validate(self) -> None:
+        if not self.data:
+            raise CurloraError("no data given; pass --data PATH/TO/dev-v2.0.json (or a hub id such as squad_v2)")
+        for name in ("rank", "batch_size", "grad_accum", "max_new_tokens", "eval_batch_size", "ppl_max_length"):
+            if getattr(self, name) < 1:
+                raise CurloraError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise CurloraError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise CurloraError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise CurloraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 1 <= self.ppl_stride <= self.ppl_max_length:
+            raise CurloraError(f"ppl_stride must be between 1 and ppl_max_length ({self.ppl_max_length})")
+        if self.max_new_tokens >= self.max_length:
+            raise CurloraError(f"max_new_tokens ({self.max_new_tokens}) must be below max_length ({self.max_length})")
+        parse_sft_methods(self.methods, self.rank)
+
+
+def parse_sft_methods(methods: list[str], rank: int) -> list[MethodSpec]:
+    """``none`` (base model), ``curlora``/``lora`` (rank `rank`) or ``curlora-8``, ``lora-16:lr=1e-4``, ..."""
+    if not methods:
+        raise CurloraError("no methods given; e.g. --method none,curlora,lora")
+    specs = []
+    for raw in methods:
+        spec = raw.strip().lower()
+        if spec in ("none", "base"):
+            specs.append(MethodSpec(label="none", method="none"))
+            continue
+        name = spec.split(":", 1)[0].split("-", 1)[0]
+        if name not in ("curlora", "lora"):
+            raise CurloraError(f"unknown method {raw!r} for sft; use none, curlora, lora (or curlora-R, lora-R)")
+        if "-" not in spec.split(":", 1)[0]:
+            head, sep, opts = spec.partition(":")
+            spec = f"{head}-{rank}{sep}{opts}"
+        specs.append(parse_method(spec))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise CurloraError(f"a method is listed twice ({', '.join(labels)}); list each once")
+    return specs
+
+
+def to_dataset(examples: list[QAExample]):
+    """A `datasets.Dataset` in TRL's prompt/completion format (the completion already ends with eos)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
+
+
+def build_trainer(
+    model,
+    tokenizer,
+    examples: list[QAExample],
+    output_dir: str | Path,
+    *,
+    lr: float,
+    epochs: float = 1.0,
+    max_steps: int | None = None,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    warmup_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    max_length: int = 512,
+    seed: int = 0,
+    bf16: bool = False,
+    use_cpu: bool = False,
+    save_steps: int = 50,
+    save_total_limit: int | None = 2,
+    logging_steps: int = 10,
+    progress_bars: bool = False,
+    callbacks: list | None = None,
+):
+    """A `trl.SFTTrainer` for `model` (a PeftModel: CURLoRA or LoRA) on prompt/completion `examples`.
+
+    Loss on the completion only (``completion_only_loss=True``); batches padded to their longest example;
+    checkpoints (adapter + optimizer + scheduler + RNG state) every `save_steps` steps under `output_dir`.
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    if not examples:
+        raise CurloraError("the training set is empty; nothing to fine-tune on")
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=warmup_ratio,
+        weight_decay=weight_decay,
+        max_length=max_length,
+        completion_only_loss=True,
+        packing=False,
+        activation_checkpointing=False,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=use_cpu,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=save_total_limit,
+        logging_steps=logging_steps,
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=not progress_bars,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_dataset(examples),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if not progress_bars:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # library code stays quiet; the CLI asks for the bars
+    kept = len(trainer.train_dataset)
+    if kept != len(examples):  # our contexts are cut to fit, so TRL should never need to drop one
+        log.warning("SFTTrainer dropped %d of %d training examples", len(examples) - kept, len(examples))
+    return trainer
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _markdown(results: dict) -> str:
+    ppl = results["ppl"]
+    lines = [
+        "# curlora sft: SQuAD question answering",
+        "",
+        f"Model `{results['config']['model']}`, data `{results['data']['source']}`: trained on "
+        f"{results['data']['train_examples']} questions from {len(results['data']['train_articles'])} article(s), "
+        f"evaluated on {results['data']['eval_examples']} held-out questions from "
+        f"{len(results['data']['eval_articles'])} other article(s) ({', '.join(results['data']['eval_articles'])}). "
+        f"EM/F1: official SQuAD normalisation, greedy decoding. Perplexity: {ppl['name']}, "
+        f"{ppl['tokens']} tokens (lower is better; before = base model {ppl['before']:.3f}).",
+        "",
+        "| method | trainable params | EM | F1 | ppl after | Δppl | train loss | steps | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def num(r: dict, key: str, fmt: str) -> str:
+        v = r.get(key)
+        return format(v, fmt) if isinstance(v, int | float) else "–"
+
+    for r in results["methods"]:
+        change = r.get("ppl_change_pct")
+        lines.append(
+            f"| {r['label']} | {r.get('trainable_params', 0):,} | "
+            f"{num(r, 'exact_match', '.2f')} | {num(r, 'f1', '.2f')} | "
+            f"{num(r, 'ppl_after', '.3f')} | {format(change, '+.2f') + '%' if change is not None else '–'} | "
+            f"{num(r, 'train_loss', '.3f')} | {num(r, 'train_steps', 'd')} | {num(r, 'train_s', '.0f')} |"
+        )
+    env = results.get("environment", {})
+    lines += ["", f"Device: {env.get('device_name', '?')}; dtype {results.get('dtype', '?')}.", ""]
+    return "\n".join(lines)
+
+
+class SFTRun:
+    """One `curlora sft` run into `out_dir`. Pass `model`/`tokenizer` to skip loading (tests), `ppl_text` to use
+    another general text than the bench's NYT editorials, `reporter` for evaluation progress."""
+
+    def __init__(
+        self,
+        config: SFTRecipeConfig,
+        out_dir: str | Path,
+        *,
+        model=None,
+        tokenizer=None,
+        ppl_text: str | None = None,
+        ppl_name: str | None = None,
+        reporter: Reporter | None = None,
+        progress_bars: bool = False,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.out = Path(out_dir)
+        self.reporter = reporter or Reporter()
+        self.progress_bars = progress_bars
+        self.resume = resume
+        self.specs = parse_sft_methods(config.methods, config.rank)
+        self.device, self.dtype = resolve_device(config.device, config.dtype)
+        other_gpu = self.device.type == "cuda" and self.device.index not in (None, 0)
+        if self.device.type not in ("cpu", "cuda") or other_gpu:
+            raise CurloraError(
+                f"--device {config.device}: the trainer runs on cpu or the first visible GPU; "
+                "pick a GPU with CUDA_VISIBLE_DEVICES instead"
+            )
+        if self.dtype == torch.float16:
+            raise CurloraError("float16 training is not supported here; use bfloat16 (the default on CUDA) or float32")
+        self.overwrite = overwrite
+        self._check_out()
+        self._ppl_text, self._ppl_name = ppl_text, ppl_name
+        self._model, self._tokenizer = model, tokenizer
+
+    # -- the run folder ----------------------------------------------------------------------------------------
+    def _check_out(self) -> None:
+        """Refuse a folder that holds another run, before anything is loaded (nothing is written here)."""
+        cfg_file = self.out / "config.json"
+        if self.overwrite or not cfg_file.exists():
+            return
+        try:
+            saved = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise CurloraError(f"{cfg_file} is not valid JSON; pass --overwrite to start over") from None
+        if not self.resume:
+            raise CurloraError(
+                f"{self.out} already holds a run; pass --resume to continue it, --overwrite to start over, "
+                "or another --out"
+            )
+        mine = self.config.result_key()
+        diff = sorted(k for k in mine if k != "methods" and saved.get(k) != mine[k])
+        if diff:
+            raise CurloraError(
+                f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
+                "--resume needs the same settings; pass --overwrite to start over or another --out"
+            )
+
+    def _start_out(self) -> None:
+        """Called once data and model are loaded: clear the folder for --overwrite, record the settings."""
+        if self.overwrite and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", self.config.result_key())
+
+    # -- pieces -------------------------------------------------------------------------------------------------
+    def _load(self):
+        if self._model is None:
+            self._model, self._tokenizer = curlora.load_model(self.config.model)
+        elif self._tokenizer is None:
+            raise CurloraError("pass the tokenizer together with the model")
+        tok = self._tokenizer
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        base = self._model.to(self.device, dtype=self.dtype).eval().requires_grad_(False)
+        return base, tok
+
+    def _ppl_ids(self, tokenizer) -> tuple[torch.Tensor, str]:
+        if self._ppl_text is None:
+            from curlora.data import load_suite
+
+            suite = load_suite("builtin")
+            self._ppl_text, self._ppl_name = suite.ppl_text, suite.ppl_name
+        ids = tokenizer(self._ppl_text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"]
+        if self.config.ppl_max_tokens:
+            ids = ids[:, : self.config.ppl_max_tokens]
+        return ids, self._ppl_name or "custom text"
+
+    def _perplexity(self, model, ids: torch.Tensor, what: str) -> dict:
+        cfg = self.config
+        n_windows = max(1, math.ceil(max(0, ids.shape[1] - cfg.ppl_max_length) / cfg.ppl_stride) + 1)
+        self.reporter.bar(what, n_windows)
+        try:
+            return perplexity(
+                model,
+                input_ids=ids,
+                max_length=cfg.ppl_max_length,
+                stride=cfg.ppl_stride,
+                device=self.device,
+                batch_size=8 if self.device.type == "cuda" else 1,
+                progress=lambda n, _total: self.reporter.advance(n),
+            )
+        finally:
+            self.reporter.end_bar()
+
+    def _evaluate(self, model, tokenizer, examples: list[QAExample], what: str) -> dict:
+        cfg = self.config
+        self.reporter.bar(what, len(examples))
+        try:
+            return evaluate_qa(
+                model,
+                tokenizer,
+                examples,
+                batch_size=cfg.eval_batch_size,
+                max_new_tokens=cfg.max_new_tokens,
+                device=self.device,
+                no_answer=cfg.no_answer if cfg.keep_unanswerable else None,
+                progress=lambda n, _total: self.reporter.advance(n),
+            )
+        finally:
+            self.reporter.end_bar()
+
+    def _articles(self) -> tuple[list, list, int]:
+        cfg = self.config
+        articles = load_squad(cfg.data, split=cfg.data_split)
+        train_arts, eval_arts = split_articles(
+            articles, eval_articles=cfg.eval_articles, train_articles=cfg.train_articles
+        )
+        return train_arts, eval_arts, len(articles)
+
+    def _data(self, tokenizer, train_arts: list, eval_arts: list, n_articles: int) -> dict:
+        cfg = self.config
+        train_qs = sample_questions([q for a in train_arts for q in a.questions], None, cfg.seed)
+        if cfg.max_train_questions is not None:
+            pool = [q for q in train_qs if cfg.keep_unanswerable or not q.is_impossible]
+            train_qs = sample_questions(pool, cfg.max_train_questions, cfg.seed)
+        eval_pool = [q for a in eval_arts for q in a.questions if cfg.keep_unanswerable or not q.is_impossible]
+        builder = PromptBuilder(tokenizer, template=cfg.template, max_length=cfg.max_length, no_answer=cfg.no_answer)
+        train_ex, train_stats = build_examples(builder, train_qs, train=True, keep_unanswerable=cfg.keep_unanswerable)
+        eval_ex, eval_stats = build_examples(
+            builder, eval_pool, train=False, keep_unanswerable=cfg.keep_unanswerable, reserve=cfg.max_new_tokens
+        )
+        # the subset is drawn after truncation, so --eval-questions N gives N scored questions when possible
+        eval_ex = sample_questions(eval_ex, cfg.eval_questions, cfg.seed + 1)
+        return {
+            "train": train_ex,
+            "eval": eval_ex,
+            "summary": {
+                "source": str(cfg.data),
+                "articles": n_articles,
+                "train_articles": [a.title for a in train_arts],
+                "eval_articles": [a.title for a in eval_arts],
+                "train_pool": count_questions(train_arts),
+                "eval_pool": count_questions(eval_arts),
+                "train_build": train_stats.as_dict(),
+                "eval_build": eval_stats.as_dict(),
+                "train_examples": len(train_ex),
+                "eval_examples": len(eval_ex),
+                "truncation": "context cut at a word end (its beginning kept); examples whose answer is cut skipped",
+                "unanswerable": (
+                    f"trained and scored with the answer {cfg.no_answer!r} (= no answer)"
+                    if cfg.keep_unanswerable
+                    else "skipped"
+                ),
+            },
+        }
+
+    def _train_method(self, spec: MethodSpec, base, tokenizer, train_ex: list[QAExample]) -> tuple[Any, dict]:
+        cfg = self.config
+        run_dir = self.out / "runs" / _slug(spec.label)
+        model = copy.deepcopy(base)
+        targets = list(cfg.target_modules or default_target_modules(getattr(base.config, "model_type", None)))
+        check_rank_fits(model, spec, targets)
+        torch.manual_seed(cfg.seed)  # LoRA's A is random; CURLoRA's selection has its own seed
+        model = wrap_model(model, spec, target_modules=targets, alpha=cfg.alpha, sampling=cfg.sampling, seed=cfg.seed)
+        lr = spec.lr if spec.lr is not None else (cfg.lr if cfg.lr is not None else DEFAULT_LR[spec.method])
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainer = build_trainer(
+            model,
+            tokenizer,
+            train_ex,
+            run_dir,
+            lr=lr,
+            epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            warmup_ratio=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay,
+            max_length=cfg.max_length,
+            seed=cfg.seed,
+            bf16=self.dtype == torch.bfloat16,
+            use_cpu=self.device.type == "cpu",
+            save_steps=cfg.save_steps,
+            save_total_limit=cfg.save_total_limit,
+            logging_steps=cfg.logging_steps,
+            progress_bars=self.progress_bars,
+        )
+        resume_from = None
+        if self.resume and run_dir.is_dir():
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from = get_last_checkpoint(str(run_dir))
+        if resume_from:
+            self.reporter.note(f"{spec.label}: resuming from {resume_from}")
+        t0 = time.perf_counter()
+        out = trainer.train(resume_from_checkpoint=resume_from)
+        train_s = time.perf_counter() - t0
+        final_dir = run_dir / "final"
+        trainer.save_model(str(final_dir))
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        model = trainer.model
+        model.eval()
+        return model, {
+            "lr": lr,
+            "rank": spec.rank,
+            "alpha": spec.alpha if spec.alpha is not None else cfg.alpha,
+            "trainable_params": trainable,
+            "train_loss": out.training_loss,
+            "final_logged_loss": losses[-1] if losses else None,
+            "train_steps": trainer.state.global_step,
+            "train_s": train_s,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "adapter_dir": str(final_dir),
+        }
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def _write(self, results: dict) -> None:
+        atomic_write_json(self.out / "results.json", results)
+        atomic_write_text(self.out / "results.md", _markdown(results))
+
+    def run(self) -> dict:
+        cfg = self.config
+        articles = self._articles()  # before loading the model: a bad data file fails fast
+        base, tokenizer = self._load()
+        data = self._data(tokenizer, *articles)
+        needs_training = any(s.method != "none" for s in self.specs)
+        if needs_training and not data["train"]:
+            b = data["summary"]["train_build"]
+            raise CurloraError(
+                f"the training set is empty: {sum(b['skipped'].values())} question(s) skipped "
+                f"({', '.join(f'{v} {k}' for k, v in b['skipped'].items()) or 'no questions'}); "
+                "train on more articles, raise --max-length, or pass --keep-unanswerable"
+            )
+        if not data["eval"]:
+            raise CurloraError(
+                "no held-out question is left to evaluate on "
+                f"({data['summary']['eval_build']}); hold out more articles or raise --max-length"
+            )
+        ppl_ids, ppl_name = self._ppl_ids(tokenizer)
+        self._start_out()
+        previous = self._previous_records()
+        results: dict[str, Any] = {
+            "schema": SCHEMA,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": cfg.result_key(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "data": data["summary"],
+            "ppl": {"name": ppl_name, "max_length": cfg.ppl_max_length, "stride": cfg.ppl_stride},
+            "methods": [],
+            "environment": environment(self.device),
+        }
+        before = previous.get("__ppl_before__") or self._perplexity(base, ppl_ids, "perplexity (base model)")
+        results["ppl"].update(tokens=before["tokens"], before=before["ppl"], before_detail=before)
+        for spec in self.specs:
+            done = previous.get(spec.label)
+            if done is not None:
+                self.reporter.note(f"{spec.label}: already finished in {self.out}, reusing its results")
+                results["methods"].append(done)
+                continue
+            record: dict[str, Any] = {"label": spec.label, "method": spec.method}
+            if spec.method == "none":
+                model, record["trainable_params"] = base, 0
+                after = before
+            else:
+                model, info = self._train_method(spec, base, tokenizer, data["train"])
+                record.update(info)
+                after = None
+            scores = self._evaluate(model, tokenizer, data["eval"], f"answering ({spec.label})")
+            predictions = scores.pop("predictions")
+            atomic_write_json(self.out / f"predictions-{_slug(spec.label)}.json", predictions)
+            if after is None:
+                after = self._perplexity(model, ppl_ids, f"perplexity ({spec.label})")
+            record.update(scores)
+            record["ppl_after"] = after["ppl"]
+            record["ppl_change_pct"] = 100.0 * (after["ppl"] / before["ppl"] - 1.0)
+            results["methods"].append(record)
+            self.reporter.note(
+                f"{spec.label}: EM {record['exact_match']:.2f}  F1 {record['f1']:.2f}  "
+                f"ppl {before['ppl']:.3f} → {after['ppl']:.3f}"
+            )
+            self._write(results)
+            if model is not base:
+                del model
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        self._write(results)
+        return results
+
+    def _previous_records(self) -> dict[str, Any]:
+        """With --resume: the finished methods of an earlier run of the same settings, and its base perplexity."""
+        file = self.out / "results.json"
+        if not self.resume or not file.is_file():
+            return {}
+        try:
+            old = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return {}
+        if old.get("schema") != SCHEMA:
+            return {}
+        out: dict[str, Any] = {r["label"]: r for r in old.get("methods", []) if "label" in r}
+        detail = old.get("ppl", {}).get("before_detail")
+        if detail:
+            out["__ppl_before__"] = detail
+        return out
+
+
+def run_sft(config: SFTRecipeConfig, out_dir: str | Path, **kwargs) -> dict:
+    """Run `curlora sft` from Python; keyword arguments go to `SFTRun` (model, tokenizer, ppl_text, resume, ...)."""
+    return SFTRun(config, out_dir, **kwargs).run()
