@@ -152,6 +152,16 @@ def to_dataset(examples: list[QAExample]):
     return Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
 
 
+def _checkpointing_arg() -> str:
+    # transformers 5.2x renamed TrainingArguments.gradient_checkpointing to activation_checkpointing
+    import dataclasses
+
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def build_trainer(
     model,
     tokenizer,
@@ -197,7 +207,7 @@ def build_trainer(
         max_length=max_length,
         completion_only_loss=True,
         packing=False,
-        activation_checkpointing=False,
+        **{_checkpointing_arg(): False},
         bf16=bf16,
         fp16=False,
         use_cpu=use_cpu,
