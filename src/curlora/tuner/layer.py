@@ -180,6 +180,8 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         self.register_load_state_dict_post_hook(lambda module, _keys: module._after_load())
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Only Python-side, non-data-dependent branches (flags, adapter names, dtypes), so that
+        # torch.compile(fullgraph=True) traces this without graph breaks (tests/test_compile.py).
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
@@ -191,10 +193,17 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
             if name not in self.curlora_U:
                 continue
             c, r = self.curlora_C[name], self.curlora_R[name]
+            alpha, u = self.curlora_alpha[name], self.curlora_U[name]
             # α is folded into the r × r matrix: no extra pass over the out-sized activation
-            u = (self.curlora_alpha[name] * self.curlora_U[name]).to(c.dtype)
+            u = (u if alpha == 1.0 else alpha * u).to(c.dtype)
             h = F.linear(F.linear(x.to(r.dtype), r), u)
-            result = result + F.linear(h, c).to(result.dtype)
+            if result.dtype == c.dtype:
+                # result + h·Cᵀ as one GEMM with the add in its epilogue (beta=1): no out-sized temporary and
+                # no separate elementwise pass over the output, forward or backward
+                out_f, rank = c.shape
+                result = torch.addmm(result.reshape(-1, out_f), h.reshape(-1, rank), c.t()).view(result.shape)
+            else:  # e.g. under autocast, where the base output's dtype is not the factors'
+                result = result + F.linear(h, c).to(result.dtype)
         return result
 
     def __repr__(self) -> str:
