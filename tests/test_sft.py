@@ -94,6 +94,7 @@ def test_squad_scores_percent_and_splits():
 
 def test_clean_answer():
     assert clean_answer(" France\nQuestion: next") == "France"
+    assert clean_answer("\n\n France\nmore") == "France"  # leading blank lines do not make an empty answer
     assert clean_answer(" Unanswerable.") == ""
     assert clean_answer(" Unanswerable.", no_answer=None) == "Unanswerable."
 
@@ -467,3 +468,17 @@ def test_bf16_run_keeps_u_in_float32(tmp_path):
     saved = load_file(tmp_path / "out" / "runs" / "curlora-4" / "final" / "adapter_model.safetensors")
     us = [v for k, v in saved.items() if "curlora_U" in k]
     assert us and all(u.dtype == torch.float32 for u in us) and any(u.abs().max() > 0 for u in us)
+
+
+def test_generation_stops_at_a_newline_after_answer_text():
+    from curlora.qa import _newline_stopper, _stop_token_ids
+
+    tok = tiny_tokenizer()
+    stop = _newline_stopper(_stop_token_ids(tok), prompt_len=1)
+
+    def ended(text: str) -> bool:
+        return bool(stop(torch.tensor([[0, *tok(text)["input_ids"]]]), None).item())
+
+    assert not ended("\n") and not ended("\n Rollo")  # a leading newline does not end an empty answer
+    assert ended("\n Rollo\n") and ended(" Rollo.\nQuestion")
+    assert not ended(" Rollo")

@@ -355,38 +355,54 @@ def build_examples(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _newline_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """Ids of every token whose text contains a newline (cached on the tokenizer object)."""
-    cached = getattr(tokenizer, "_curlora_newline_ids", None)
+def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens that contain a newline, whitespace-only tokens, tokens with text before a newline), cached on the
+    tokenizer object."""
+    cached = getattr(tokenizer, "_curlora_stop_ids", None)
     if cached is not None:
         return cached
-    vocab = len(tokenizer)
-    texts = tokenizer.batch_decode([[i] for i in range(vocab)])
-    ids = torch.tensor([i for i, t in enumerate(texts) if "\n" in t], dtype=torch.long)
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+
+    def ids(keep) -> torch.Tensor:
+        return torch.tensor([i for i, t in enumerate(texts) if keep(t)], dtype=torch.long)
+
+    sets = (
+        ids(lambda t: "\n" in t),
+        ids(lambda t: not t.strip()),
+        ids(lambda t: "\n" in t and bool(t.split("\n", 1)[0].strip())),
+    )
     try:
-        tokenizer._curlora_newline_ids = ids
+        tokenizer._curlora_stop_ids = sets
     except AttributeError:  # pragma: no cover - a tokenizer that refuses new attributes
         pass
-    return ids
+    return sets
 
 
-def _newline_stopper(newline_ids: torch.Tensor, prompt_len: int):
-    """A stopping criterion: a row is finished once it has generated a token that contains a newline."""
+def _newline_stopper(token_sets: tuple[torch.Tensor, torch.Tensor, torch.Tensor], prompt_len: int):
+    """A stopping criterion: a row is finished once a newline follows some answer text (leading newlines and
+    spaces do not end the answer)."""
     from transformers import StoppingCriteria
+
+    newline, blank, text_then_newline = token_sets
 
     class _StopAtNewline(StoppingCriteria):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-            if input_ids.shape[1] <= prompt_len or newline_ids.numel() == 0:
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             new = input_ids[:, prompt_len:]
-            return torch.isin(new, newline_ids.to(new.device)).any(dim=1)
+            if new.shape[1] == 0 or newline.numel() == 0:
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            is_text = ~torch.isin(new, blank.to(new.device))
+            text_before = (torch.cumsum(is_text.long(), dim=1) - is_text.long()) > 0
+            ends = torch.isin(new, newline.to(new.device)) & (
+                text_before | torch.isin(new, text_then_newline.to(new.device))
+            )
+            return ends.any(dim=1)
 
     return _StopAtNewline()
 
 
 def clean_answer(text: str, no_answer: str | None = NO_ANSWER) -> str:
-    """The first line of a generation, stripped; the no-answer marker becomes the empty string."""
-    answer = text.split("\n", 1)[0].strip()
+    """The first non-empty line of a generation, stripped; the no-answer marker becomes the empty string."""
+    answer = text.strip().split("\n", 1)[0].strip()
     if no_answer and normalize_answer(answer) == normalize_answer(no_answer):
         return ""
     return answer
@@ -405,8 +421,9 @@ def generate_answers(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Greedy answers to `prompts`, in order: batches of similar length, left padding, at most `max_new_tokens`
-    new tokens, stopping at eos or at the first newline. The model's train/eval mode and the tokenizer's padding
-    side are restored afterwards. ``progress(done, total)`` is called after every batch."""
+    new tokens, stopping at eos or at the first newline after some answer text; each answer is `clean_answer` of
+    its generation. The model's train/eval mode is restored afterwards. ``progress(done, total)`` is called after
+    every batch."""
     if batch_size < 1 or max_new_tokens < 1:
         raise CurloraError("batch_size and max_new_tokens must be >= 1")
     if device is None:
@@ -419,7 +436,7 @@ def generate_answers(
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos_ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
     eos_ids.discard(None)
-    newline_ids = _newline_ids(tokenizer)
+    token_sets = _stop_token_ids(tokenizer)
 
     encoded = [tokenizer(p, verbose=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
@@ -445,7 +462,7 @@ def generate_answers(
                 num_beams=1,
                 eos_token_id=sorted(eos_ids),
                 pad_token_id=pad_id,
-                stopping_criteria=[_newline_stopper(newline_ids, width)],
+                stopping_criteria=[_newline_stopper(token_sets, width)],
                 temperature=None,
                 top_p=None,
                 top_k=None,

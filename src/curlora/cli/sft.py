@@ -24,17 +24,17 @@ def _csv(value: str) -> list[str]:
 
 
 def _print_table(results: dict) -> None:
-    table = Table(title="curlora sft: held-out SQuAD questions and general-text perplexity")
-    for col in ("method", "trainable", "EM", "F1", "ppl before", "ppl after", "Δppl", "steps", "train s"):
-        table.add_column(col, justify="left" if col == "method" else "right")
     before = results["ppl"]["before"]
+    table = Table(title=f"curlora sft: held-out SQuAD questions; perplexity of the base model {before:.3f}")
+    table.add_column("method", no_wrap=True)
+    for col in ("trainable", "EM", "F1", "ppl after", "Δppl", "steps", "train s"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in results["methods"]:
         table.add_row(
             r["label"],
             f"{r.get('trainable_params', 0):,}",
             f"{r['exact_match']:.2f}",
             f"{r['f1']:.2f}",
-            f"{before:.3f}",
             f"{r['ppl_after']:.3f}",
             f"{r['ppl_change_pct']:+.2f}%",
             str(r.get("train_steps", "–")),
