@@ -128,6 +128,7 @@ def bench(
     overwrite: bool = typer.Option(False, help="Start over in an existing run folder."),
 ) -> None:
     """Train one model through a task sequence with each method and measure how much it forgets."""
+    from curlora.distributed import is_main_process
     from curlora.recipes.bench import Bench, make_config
     from curlora.report import write_report
 
@@ -157,16 +158,21 @@ def bench(
         overrides["warmup_ratio"] = 0.0
     config = make_config(preset, **overrides)
     out = out or Path("runs") / f"{config.preset}-{config.suite}-{Path(config.model).name}"
-    console.print(
-        f"[bold]curlora bench[/] preset={config.preset} suite={config.suite} model={config.model} "
-        f"methods={','.join(config.methods)} seeds={config.seeds} → {out}"
-    )
-    reporter = RichReporter()
+    main = is_main_process()  # under accelerate launch / torchrun, rank 0 alone prints and writes the report
+    if main:
+        console.print(
+            f"[bold]curlora bench[/] preset={config.preset} suite={config.suite} model={config.model} "
+            f"methods={','.join(config.methods)} seeds={config.seeds} → {out}"
+        )
+    reporter = RichReporter() if main else None
     try:
         runner = Bench(config, out, reporter=reporter, overwrite=overwrite)
         results = runner.run()
     finally:
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
+    if not main:
+        return
     report = write_report(out)
     print_summary(results)
     console.print(f"report: {report}")

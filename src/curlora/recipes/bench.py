@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import curlora
+from curlora import distributed
 from curlora.adapters import ADAPTER_WEIGHTS
 from curlora.classify import Encoded, backbone_of, batches, encode, hidden_size, new_head, pooled_hidden
 from curlora.data import Suite, load_suite, subsample_train
@@ -166,14 +167,21 @@ class Bench:
         self.reporter = reporter or Reporter()
         self.specs = [parse_method(m) for m in config.methods]
         self.device, self.dtype = resolve_device(config.device, config.dtype)
+        # under accelerate launch / torchrun: join the process group, use cuda:LOCAL_RANK (docs/DISTRIBUTED.md)
+        self.dist, self.device = distributed.setup(self.device)
+        self._fsdp_groups: dict[nn.Module, list[nn.Module]] = {}  # FSDP: sharded model -> its sharded modules
+        if not self.dist.is_main:
+            self.reporter = Reporter()  # progress and stage summaries come from rank 0 alone
         self._check_out_dir(overwrite)
         self.suite = suite if suite is not None else load_suite(config.suite, config.data_dir)
         if model is None:
             model, tokenizer = curlora.load_model(config.model)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        # frozen copy of the base: every method and seed starts from exactly these weights
-        self.base = model.to(self.device, dtype=self.dtype).eval().requires_grad_(False)
+        # frozen copy of the base: every method and seed starts from exactly these weights (with FSDP it waits in
+        # host memory, and each working copy is sharded as soon as it is on the GPU)
+        home = torch.device("cpu") if self.dist.fsdp else self.device
+        self.base = model.to(home, dtype=self.dtype).eval().requires_grad_(False)
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         self.targets = list(config.target_modules or default_target_modules(model_type))
         for spec in self.specs:
@@ -199,12 +207,14 @@ class Bench:
                     f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
                     "pass --out NEW_FOLDER, or --overwrite to start over"
                 )
-        elif overwrite and self.out.exists():
+        elif overwrite and self.out.exists() and self.dist.is_main:
             import shutil
 
             shutil.rmtree(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg_file, self.config.result_key() | {"device": self.config.device})
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cfg_file, self.config.result_key() | {"device": self.config.device})
+        distributed.barrier(self.dist)
 
     def _stage_dir(self, spec: MethodSpec, seed: int, i: int) -> Path:
         return self.out / "runs" / _slug(spec.label) / f"seed-{seed}" / f"stage-{i}-{self.suite.tasks[i].name}"
@@ -254,6 +264,10 @@ class Bench:
         sched = get_cosine_schedule_with_warmup(opt, warmup, total)
         torch.manual_seed(_derive_seed(seed, i, "dropout"))
         backbone = backbone_of(model)
+        # several processes: each takes its slice of every global batch; the gradients of what FSDP does not
+        # shard (everything without FSDP; the head with it) are averaged by one all-reduce after backward
+        multi = self.dist.enabled
+        synced = [p for p in params if not distributed.is_sharded(p)] if multi else []
         model.train()
         losses, peak_lr, t0 = [], 0.0, time.perf_counter()
         self.reporter.bar(f"train {self.suite.tasks[i].name}", total)
@@ -261,14 +275,21 @@ class Bench:
             gen = torch.Generator().manual_seed(_derive_seed(seed, i, epoch, "shuffle"))
             for ids, mask, labels, idx in batches(data, cfg.batch_size, self.pad_id, generator=gen):
                 peak_lr = max(peak_lr, sched.get_last_lr()[0])
+                if multi:
+                    ids, mask, labels, idx, scale = distributed.local_rows(ids, mask, labels, idx, self.dist)
                 with self.autocast:
                     if features is not None:
                         pooled = features[idx.to(features.device)]
                     else:
                         pooled = pooled_hidden(backbone, ids.to(self.device), mask.to(self.device))
                     logits = head(pooled.float())
-                loss = F.cross_entropy(logits.float(), labels.to(self.device))
+                if multi:  # averaged over ranks: (sum of the global batch's losses) / (global batch size)
+                    loss = F.cross_entropy(logits.float(), labels.to(self.device), reduction="sum") * scale
+                else:
+                    loss = F.cross_entropy(logits.float(), labels.to(self.device))
                 loss.backward()
+                if synced:
+                    distributed.average_grads_(synced, self.dist)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -276,6 +297,8 @@ class Bench:
                 self.reporter.advance()
         self.reporter.end_bar()
         model.eval()
+        if multi:  # the global batch's loss per step: the mean of the ranks' scaled losses
+            losses = list(distributed.sum_over_ranks_(torch.stack(losses), self.dist).div_(self.dist.world_size))
         tail = losses[-max(1, len(losses) // 10) :]
         return {
             "train_loss": float(torch.stack(tail).mean()),
@@ -286,16 +309,30 @@ class Bench:
 
     @torch.inference_mode()
     def _features(self, model: nn.Module, data: Encoded, what: str) -> torch.Tensor:
-        """Pooled hidden states of every example, in data order (eval mode)."""
+        """Pooled hidden states of every example, in data order (eval mode). Several processes: rank r embeds
+        batches r, r + world, ... (the batches of one process), and a sum over ranks assembles the rows."""
         backbone = backbone_of(model)
-        out = torch.empty(len(data), self.hidden, device=self.device)
-        self.reporter.bar(what, math.ceil(len(data) / self.config.eval_batch_size))
-        for ids, mask, _, idx in batches(data, self.config.eval_batch_size, self.pad_id, sort_by_length=True):
+        rank, world = self.dist.rank, self.dist.world_size
+        n_batches = math.ceil(len(data) / self.config.eval_batch_size)
+        mine = range(rank, n_batches, world)
+        out = (torch.zeros if world > 1 else torch.empty)(len(data), self.hidden, device=self.device)
+        self.reporter.bar(what, len(mine))
+        first = None
+        for k, (ids, mask, _, idx) in enumerate(
+            batches(data, self.config.eval_batch_size, self.pad_id, sort_by_length=True)
+        ):
+            if first is None:
+                first = (ids[:1], mask[:1])
+            if k % world != rank:
+                continue
             with self.autocast:
                 out[idx.to(self.device)] = pooled_hidden(backbone, ids.to(self.device), mask.to(self.device)).float()
             self.reporter.advance()
+        if self.dist.fsdp and len(mine) < math.ceil(n_batches / world):
+            with self.autocast:  # FSDP: every rank runs as many forwards (their all-gathers pair up)
+                pooled_hidden(backbone, first[0].to(self.device), first[1].to(self.device))
         self.reporter.end_bar()
-        return out
+        return distributed.sum_over_ranks_(out, self.dist)  # each row was filled on exactly one rank
 
     @torch.inference_mode()
     def _accuracy(self, head: nn.Linear, feats: torch.Tensor, data: Encoded) -> float:
@@ -345,8 +382,11 @@ class Bench:
         if done_file.exists():
             return json.loads(done_file.read_text())
         t_start = time.perf_counter()
-        model = copy.deepcopy(self.base)
-        originals = {n: p.detach().clone() for n, p in model.named_parameters()} if spec.method == "full" else None
+        model = self._fresh_copy()
+        if spec.method == "full" and self.dist.fsdp:  # the untouched base in host memory: no second GPU copy
+            originals = dict(self.base.named_parameters())
+        else:
+            originals = {n: p.detach().clone() for n, p in model.named_parameters()} if spec.method == "full" else None
         model = wrap_model(
             model,
             spec,
@@ -356,6 +396,9 @@ class Bench:
             seed=_derive_seed(seed, "cur") % (2**31),
         )
         record["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if self.dist.enabled:  # start from rank 0's trainable values (LoRA's A is random); check the rest agrees
+            distributed.broadcast_([p for p in model.parameters() if p.requires_grad], self.dist)
+            distributed.check_replicated(model, self.dist, f"{spec.label} model")
         heads: list[nn.Linear] = []
         eval_feats_frozen: dict[int, torch.Tensor] = {}
         prior_wall = 0.0
@@ -371,6 +414,7 @@ class Bench:
                 record["stages"].append(stage)
                 prior_wall = stage.get("wall_s_total", prior_wall)
                 continue
+            self._shard(model)  # FSDP: after loading finished stages (resume), before the first training step
             train_data, _ = encoded[i]
             feats = None
             if spec.method == "head_only":  # the backbone never changes: embed once, train the head on features
@@ -392,6 +436,7 @@ class Bench:
             record["acc"].append(row)
             record["stages"].append(stage)
             self._write_results(results, record)
+            distributed.barrier(self.dist)  # rank 0 has written the stage: every rank sees the same files
             self.reporter.stage(
                 {
                     "label": spec.label,
@@ -402,8 +447,12 @@ class Bench:
                     **stage,
                 }
             )
+        self._shard(model)
         ppl_after = self._perplexity(model, f"perplexity after ({spec.label})")
-        ratios = _delta_norm_ratios(model, originals)
+        if model in self._fsdp_groups:
+            ratios = _sharded_delta_norm_ratios(model, originals, self._fsdp_groups.pop(model))
+        else:
+            ratios = _delta_norm_ratios(model, originals)
         last_dir = self._stage_dir(spec, seed, len(self.suite.tasks) - 1)
         record.update(
             {
@@ -418,16 +467,52 @@ class Bench:
                 "complete": True,
             }
         )
-        atomic_write_json(done_file, record)
+        if self.dist.is_main:
+            atomic_write_json(done_file, record)
+        distributed.barrier(self.dist)
         return record
 
+    # -- several processes ------------------------------------------------------------------------------------
+    def _fresh_copy(self) -> nn.Module:
+        """A working copy of the base on this process's device (with FSDP the base itself stays on the CPU)."""
+        model = copy.deepcopy(self.base)
+        return model.to(self.device) if self.dist.fsdp else model
+
+    def _shard(self, model: nn.Module) -> nn.Module:
+        """FSDP: shard the model's transformer body once (a no-op without FSDP or when done already)."""
+        if self.dist.fsdp and model not in self._fsdp_groups:
+            body = backbone_of(model)
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            self._fsdp_groups[model] = distributed.fully_shard_body(body, inner, self.device, self.dist)
+        return model
+
+    def _full_trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """FSDP: the state dict with whole trainable tensors (gathered: a collective) and plain buffers; frozen
+        sharded weights left out. What save_pretrained and the `full` method's file need."""
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        state = {}
+        for name, value in model.state_dict().items():
+            if name in trainable:
+                state[name] = distributed.full_tensor(value.detach()).cpu().contiguous()
+            elif not distributed.is_sharded(value):
+                state[name] = value
+        return state
+
     def _save_stage(self, model, spec: MethodSpec, heads, stage_dir: Path, stage: dict) -> None:
+        gathered = self._full_trainable_state(model) if model in self._fsdp_groups else None
+        if not self.dist.is_main:
+            return
         with atomic_dir(stage_dir) as tmp:
             if spec.has_adapter:
-                model.save_pretrained(tmp / "adapter")
+                model.save_pretrained(tmp / "adapter", **({"state_dict": gathered} if gathered else {}))
             elif spec.method == "full":
                 (tmp / "adapter").mkdir()
-                save_file(trainable_state(model), str(tmp / "adapter" / ADAPTER_WEIGHTS))
+                if gathered is not None:
+                    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+                    state = {n: v for n, v in gathered.items() if n in trainable}
+                else:
+                    state = trainable_state(model)
+                save_file(state, str(tmp / "adapter" / ADAPTER_WEIGHTS))
             save_file(
                 {
                     f"head_{j}.{k}": v.detach().cpu().contiguous()
@@ -456,6 +541,8 @@ class Bench:
 
     # -- whole bench ------------------------------------------------------------------------------------------
     def _write_results(self, results: dict, partial: dict | None = None) -> None:
+        if not self.dist.is_main:
+            return
         runs = list(results["runs"])
         if partial is not None:
             runs = [r for r in runs if not (r["label"] == partial["label"] and r["seed"] == partial["seed"])]
@@ -467,8 +554,13 @@ class Bench:
         if base_file.exists():
             base_ppl = json.loads(base_file.read_text())
         else:
-            base_ppl = self._perplexity(self.base, "perplexity of the base model")
-            atomic_write_json(base_file, base_ppl)
+            base = self._shard(self._fresh_copy()) if self.dist.fsdp else self.base
+            base_ppl = self._perplexity(base, "perplexity of the base model")
+            self._fsdp_groups.pop(base, None)
+            del base
+            if self.dist.is_main:
+                atomic_write_json(base_file, base_ppl)
+            distributed.barrier(self.dist)
         results = {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -478,7 +570,8 @@ class Bench:
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "target_modules": self.targets,
             },
-            "environment": environment(self.device),
+            "environment": environment(self.device)
+            | ({"processes": self.dist.world_size, "fsdp": self.dist.fsdp} if self.dist.enabled else {}),
             "suite": {
                 "name": self.suite.name,
                 "tasks": [t.name for t in self.suite.tasks],
@@ -503,6 +596,37 @@ class Bench:
         results["runs"].sort(key=lambda r: (order.get(r["label"], 99), r["seed"]))
         self._write_results(results)
         return results
+
+
+@torch.inference_mode()  # like the perplexity before it: FSDP's gather buffers may be inference tensors
+def _sharded_delta_norm_ratios(
+    model: nn.Module, originals: dict[str, torch.Tensor] | None, groups: list[nn.Module]
+) -> list[float]:
+    """`_delta_norm_ratios` of an FSDP-sharded model: each sharded module's own parameters made whole in turn
+    (layers first, then the root), so that at most one layer is gathered at a time. A collective."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names = {id(m): n for n, m in model.named_modules()}
+    ratios: list[float] = []
+    done: set = set()
+    for group in groups:
+        with distributed.unsharded(group):
+            if originals is not None:
+                prefix = names[id(group)]
+                for name, p in group.named_parameters(prefix=prefix):
+                    if p.requires_grad and name not in done and not distributed.is_sharded(p):
+                        done.add(name)
+                        w0 = originals[name].to(p.device).float()
+                        ratios.append(float((p.float() - w0).norm() / w0.norm().clamp_min(1e-12)))
+                continue
+            for module in group.modules():
+                if not isinstance(module, BaseTunerLayer) or id(module) in done:
+                    continue
+                if distributed.is_sharded(module.get_base_layer().weight):
+                    continue  # inside a sharded child: handled with that child's group
+                done.add(id(module))
+                ratios.extend(_delta_norm_ratios(module, None))
+    return ratios
 
 
 @torch.no_grad()
