@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     head = nn.Linear(MODELS[args.model]["hidden_size"], 2).to(device)
     params = [q for q in model.parameters() if q.requires_grad] + list(head.parameters())
     synced = [q for q in params if not distributed.is_sharded(q)]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    # FSDP2 makes the adapter DTensors while the head stays a plain tensor: the fused foreach path cannot mix them
+    opt = torch.optim.AdamW(params, lr=1e-4, foreach=False if any(hasattr(p, "placements") for p in params) else None)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     rows = distributed.shard_range(args.batch_size, info.rank, info.world_size)

@@ -255,7 +255,9 @@ class Bench:
     ) -> dict:
         cfg = self.config
         params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        # FSDP2 makes sharded params DTensors while the head stays a plain tensor: foreach cannot mix the two
+        foreach = False if any(hasattr(p, "placements") for p in params) else None
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, foreach=foreach)
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round((cfg.warmup_ratio or 0) * total)
