@@ -121,7 +121,9 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = {key: v for key, v in part.get("config", {}).items() if key not in ignored}
         diff = sorted(key for key in set(cfg) | set(base_cfg) if cfg.get(key) != base_cfg.get(key))
         if diff:
-            raise CurloraError(f"part {k} was run with other settings ({', '.join(diff)}); merge runs of one study only")
+            raise CurloraError(
+                f"part {k} was run with other settings ({', '.join(diff)}); merge runs of one study only"
+            )
         if part.get("suite", {}).get("tasks") != first.get("suite", {}).get("tasks"):
             raise CurloraError(f"part {k} has other tasks; merge runs of one suite only")
         for run in part["runs"]:
