@@ -640,6 +640,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append("")
         cols = list(summary[0]["text"])
         lines += _md_table(cols, [[row["text"][c] for c in cols] for row in summary])
+        diverged = [f"{r['label']} (seed {r.get('seed')})" for r in results.get("runs", []) if r.get("diverged")]
+        if diverged:
+            lines += ["", f"Diverged (NaN weights; perplexity after and ‖ΔW‖/‖W‖ left out): {', '.join(diverged)}."]
 
         lines += ["", "## Accuracy matrices", ""]
         lines.append("Mean over seeds; row = after training that task, column = task evaluated.")

@@ -456,10 +456,15 @@ class Bench:
         else:
             ratios = _delta_norm_ratios(model, originals)
         last_dir = self._stage_dir(spec, seed, len(self.suite.tasks) - 1)
+        # NaN weights (a diverged run) give NaN metrics, which JSON cannot hold: record null and say so
+        diverged = not math.isfinite(ppl_after["ppl"]) or not all(math.isfinite(x) for x in ratios)
         record.update(
             {
-                "ppl_after": ppl_after["ppl"],
-                "delta_norm_ratio": {"mean": sum(ratios) / len(ratios), "max": max(ratios)} if ratios else None,
+                "ppl_after": None if diverged else ppl_after["ppl"],
+                "diverged": diverged,
+                "delta_norm_ratio": {"mean": sum(ratios) / len(ratios), "max": max(ratios)}
+                if ratios and not diverged
+                else None,
                 "head_params": sum(h.weight.numel() + h.bias.numel() for h in heads),
                 "adapter_bytes": (last_dir / "adapter" / ADAPTER_WEIGHTS).stat().st_size
                 if spec.method != "head_only"
