@@ -8,7 +8,6 @@ dequantizes it to float32 and stores a plain ``save_pretrained`` folder (safeten
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from curlora.errors import CurloraError
-from curlora.io import atomic_dir, atomic_write_json, cache_dir
+from curlora.io import atomic_dir, atomic_write_json, cache_dir, sha256_file
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -249,14 +248,6 @@ def _download_wheel(downloads: Path) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _curlora_version() -> str:
     from curlora import __version__
 
@@ -284,7 +275,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
         "model": BUILTIN_MODEL,
         "source": f"{_GGUF_DIST}=={_GGUF_DIST_VERSION}",
         "gguf_file": _GGUF_NAME,
-        "gguf_sha256": _sha256(gguf),
+        "gguf_sha256": sha256_file(gguf),
         "dtype": "float32",
         "curlora_version": _curlora_version(),
         "transformers_version": transformers.__version__,

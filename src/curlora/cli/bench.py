@@ -80,6 +80,17 @@ class RichReporter:
         self.progress.stop()
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars say what runs; transformers' loading bars and deprecation notices add only noise."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def print_summary(results: dict) -> None:
     from curlora.report import summary_rows
 
@@ -131,6 +142,8 @@ def bench(
     from curlora.distributed import is_main_process
     from curlora.recipes.bench import Bench, make_config
     from curlora.report import write_report
+
+    quiet_libraries()
 
     overrides = dict(
         model=model,

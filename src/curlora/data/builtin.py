@@ -29,7 +29,6 @@ that also occur among them (three short Amazon snippets such as "yes.") are drop
 
 from __future__ import annotations
 
-import hashlib
 import html
 import io
 import logging
@@ -41,7 +40,7 @@ from pathlib import Path
 
 from curlora.data.tasks import Example, Suite, Task, dedup, split_balanced, stable_order, text_key
 from curlora.errors import CurloraError
-from curlora.io import atomic_dir, cache_dir
+from curlora.io import atomic_dir, cache_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +86,13 @@ def prepare_builtin(force: bool = False) -> Path:
         return dest
     downloads = cache_dir() / "downloads"
     sdist = _find_sdist(downloads)
-    if sdist is not None and _sha256(sdist) != SDIST_SHA256:
+    if sdist is not None and sha256_file(sdist) != SDIST_SHA256:
         logger.warning("ignoring %s: its SHA-256 does not match; downloading it again", sdist)
         sdist.unlink()
         sdist = None
     if sdist is None:
         sdist = _pip_download(downloads)
-    digest = _sha256(sdist)
+    digest = sha256_file(sdist)
     if digest != SDIST_SHA256:
         raise CurloraError(
             f"{sdist} has SHA-256 {digest}, expected {SDIST_SHA256}: the download is corrupt or not the "
@@ -115,14 +114,6 @@ def _find_sdist(folder: Path) -> Path | None:
         if p.name.lower() == SDIST_NAME.lower() and p.is_file():
             return p
     return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pip_download(downloads: Path) -> Path:
