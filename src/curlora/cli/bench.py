@@ -91,18 +91,40 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+SUMMARY_COLUMNS = ("Method", "Seeds", "Avg acc", "BWT", "Forgetting", "PPL before", "PPL after", "Trainable params",
+                   "Adapter size", "Wall time")
+
+
 def print_summary(results: dict) -> None:
+    """The Table-1-style accuracy table (stages × methods) and the key metrics, narrow enough for a terminal."""
+    from curlora.metrics import mean_sd
     from curlora.report import summary_rows
 
     rows = summary_rows(results)
     if not rows:
         return
-    table = Table(title="curlora bench: summary (mean ± sd over seeds)")
-    for key in rows[0]["text"]:
-        table.add_column(str(key))
+    labels = [row["label"] for row in rows]
+    tasks = results.get("suite", {}).get("tasks") or []
+    stages = Table(title="accuracy after each stage (mean over seeds)")
+    stages.add_column("after: task")
+    for label in labels:
+        stages.add_column(label, justify="right")
+    for i, after in enumerate(tasks):
+        for j, task in enumerate(tasks[: i + 1]):
+            cells = []
+            for label in labels:
+                vals = [r["acc"][i][j] for r in results["runs"] if r["label"] == label and len(r["acc"]) > i]
+                mean, _ = mean_sd(vals)
+                cells.append("—" if mean is None else f"{mean:.3f}")
+            stages.add_row(f"{after}: {task}", *cells)
+    console.print(stages)
+    metrics = Table(title="metrics (mean ± sd over seeds; full table in report.md)")
+    columns = [c for c in SUMMARY_COLUMNS if c in rows[0]["text"]]
+    for key in columns:
+        metrics.add_column(key, justify="left" if key == "Method" else "right")
     for row in rows:
-        table.add_row(*(str(v) for v in row["text"].values()))
-    console.print(table)
+        metrics.add_row(*(str(row["text"][c]) for c in columns))
+    console.print(metrics)
 
 
 def bench(
