@@ -181,6 +181,7 @@ def test_bad_inputs(tmp_path):
         run_bench(tmp_path, methods=["lora-100"])
     with pytest.raises(CurloraError, match="n_train|larger|only"):
         run_bench(tmp_path, "big", methods=["head_only"], n_train=10_000)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "big").exists()  # nothing half-written
     run_bench(tmp_path, "same", methods=["head_only"])
     with pytest.raises(CurloraError, match="other settings .*lr"):
         run_bench(tmp_path, "same", methods=["head_only"], lr=1e-2)

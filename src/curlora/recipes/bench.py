@@ -186,6 +186,9 @@ class Bench:
         self.targets = list(config.target_modules or default_target_modules(model_type))
         for spec in self.specs:
             check_rank_fits(self.base, spec, self.targets)
+        for task in self.suite.tasks:  # N larger than the data fails now, not after the first method has run
+            subsample_train(task, config.n_train, config.seeds[0])
+        self._claim_out_dir(overwrite)
         self.hidden = hidden_size(self.base)
         self.autocast = (
             torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
@@ -207,13 +210,16 @@ class Bench:
                     f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
                     "pass --out NEW_FOLDER, or --overwrite to start over"
                 )
-        elif overwrite and self.out.exists() and self.dist.is_main:
+
+    def _claim_out_dir(self, overwrite: bool) -> None:
+        """Called once every input is validated, so that a bad input leaves no folder behind."""
+        if overwrite and self.out.exists() and self.dist.is_main:
             import shutil
 
             shutil.rmtree(self.out)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(cfg_file, self.config.result_key() | {"device": self.config.device})
+            atomic_write_json(self.out / "config.json", self.config.result_key() | {"device": self.config.device})
         distributed.barrier(self.dist)
 
     def _stage_dir(self, spec: MethodSpec, seed: int, i: int) -> Path:
