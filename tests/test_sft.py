@@ -482,3 +482,14 @@ def test_generation_stops_at_a_newline_after_answer_text():
     assert not ended("\n") and not ended("\n Rollo")  # a leading newline does not end an empty answer
     assert ended("\n Rollo\n") and ended(" Rollo.\nQuestion")
     assert not ended(" Rollo")
+
+
+def test_missing_trl_gives_an_install_hint(monkeypatch):
+    import sys
+
+    from curlora.errors import CurloraError
+    from curlora.recipes import sft
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # makes `import trl` raise ImportError
+    with pytest.raises(CurloraError, match=r"pip install 'curlora\[sft\]'"):
+        sft._checkpointing_arg()

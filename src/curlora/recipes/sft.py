@@ -147,16 +147,29 @@ def parse_sft_methods(methods: list[str], rank: int) -> list[MethodSpec]:
 
 def to_dataset(examples: list[QAExample]):
     """A `datasets.Dataset` in TRL's prompt/completion format (the completion already ends with eos)."""
+    _trl()
     from datasets import Dataset
 
     return Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
+
+
+def _trl():
+    """TRL and datasets are the `sft` extra: say how to get them instead of a bare ImportError."""
+    try:
+        import datasets  # noqa: F401
+        import trl
+    except ImportError as err:
+        raise CurloraError(
+            f"curlora sft needs TRL and datasets ({err.name} is missing); install them: pip install 'curlora[sft]'"
+        ) from None
+    return trl
 
 
 def _checkpointing_arg() -> str:
     # transformers 5.2x renamed TrainingArguments.gradient_checkpointing to activation_checkpointing
     import dataclasses
 
-    from trl import SFTConfig
+    SFTConfig = _trl().SFTConfig  # noqa: N806
 
     names = {f.name for f in dataclasses.fields(SFTConfig)}
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
@@ -190,7 +203,8 @@ def build_trainer(
     Loss on the completion only (``completion_only_loss=True``); batches padded to their longest example;
     checkpoints (adapter + optimizer + scheduler + RNG state) every `save_steps` steps under `output_dir`.
     """
-    from trl import SFTConfig, SFTTrainer
+    trl = _trl()
+    SFTConfig, SFTTrainer = trl.SFTConfig, trl.SFTTrainer  # noqa: N806
 
     if not examples:
         raise CurloraError("the training set is empty; nothing to fine-tune on")
