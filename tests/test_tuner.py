@@ -288,3 +288,21 @@ def test_peft_type_registered_in_this_interpreter():
 
     importlib.reload(importlib.import_module("curlora.tuner.registration"))  # idempotent
     assert curlora.CURLoRAConfig(r=2).peft_type == "CURLORA"
+
+
+@pytest.mark.slow
+def test_builtin_model_adapter_is_small_and_reloads(tmp_path):
+    """SmolLM2-135M, q/k/v, r=16: 30 × 3 × 256 trainable, a file under 200 KB, identical outputs after reload."""
+    model, _ = curlora.load_model("smollm2-135m")
+    peft_model = get_peft_model(model, CURLoRAConfig(r=16))
+    assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == 30 * 3 * 256
+    _randomize_u(peft_model)
+    ids = _ids(vocab=49152, shape=(1, 12))
+    with torch.no_grad():
+        expected = peft_model(ids).logits
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < 200_000
+    fresh, _ = curlora.load_model("smollm2-135m")
+    with torch.no_grad():
+        got = curlora.load_adapter(fresh, tmp_path / "adapter")(ids).logits
+    assert torch.equal(got, expected)
