@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -347,13 +348,16 @@ class Bench:
         pred = head(feats).argmax(-1).cpu()
         return float((pred == torch.tensor(data.labels)).float().mean())
 
+    @functools.cached_property
+    def _ppl_ids(self) -> torch.Tensor:
+        """The perplexity text's token ids, tokenized once for the base model and every run."""
+        text = self.suite.ppl_text
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"]
+        return ids[:, : self.config.ppl_max_tokens] if self.config.ppl_max_tokens else ids
+
     def _perplexity(self, model: nn.Module, what: str) -> dict:
         cfg = self.config
-        ids = self.tokenizer(self.suite.ppl_text, return_tensors="pt", add_special_tokens=False, verbose=False)[
-            "input_ids"
-        ]
-        if cfg.ppl_max_tokens:
-            ids = ids[:, : cfg.ppl_max_tokens]
+        ids = self._ppl_ids
         n_windows = max(1, math.ceil(max(0, ids.shape[1] - cfg.ppl_max_length) / cfg.ppl_stride) + 1)
         self.reporter.bar(what, n_windows)
         with self.autocast:
