@@ -34,49 +34,28 @@ from curlora import distributed
 from curlora.classify import backbone_of, pooled_hidden
 from curlora.recipes.bench import resolve_device
 from curlora.recipes.methods import parse_method, wrap_model
+from curlora.testing import ARCHITECTURES, random_init_
 
-# Published config.json values; llama-1b is Llama-3.2-1B-like (no llama3 RoPE scaling: same cost), llama-7b is
-# Llama-2-7B-like (untied LM head, no grouped-query attention).
 MODELS = {
     "tiny": dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        vocab_size=320, tie_word_embeddings=True, max_position_embeddings=256,
+        model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, vocab_size=320, tie_word_embeddings=True, max_position_embeddings=256,
     ),
-    "llama-1b": dict(
-        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, head_dim=64,
-        max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
-    ),
-    "llama-7b": dict(
-        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-        intermediate_size=11008, vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-    ),
+    "llama-1b": ARCHITECTURES["llama-1b"],
+    "llama-7b": ARCHITECTURES["llama-7b"],
 }  # fmt: skip
 GIB = 2**30
 
 
 def build(name: str, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
     """The causal LM, random-init directly on `device` in `dtype` (no full fp32 copy anywhere)."""
-    from transformers import LlamaConfig
+    from transformers import AutoConfig
 
     from curlora.models import build_on_meta
 
-    model = build_on_meta(LlamaConfig(**MODELS[name]))
-    model.to(dtype)
-    model.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.normal_(0.0, 0.02, generator=gen)
-            else:
-                param.fill_(1.0)  # RMSNorm scales
-        for module in model.modules():  # RoPE tables are non-persistent buffers: rebuild them
-            if "inv_freq" in module._buffers:
-                fresh = type(module)(module.config)
-                for key, buf in fresh.named_buffers(recurse=False):
-                    module._buffers[key] = buf.to(device)
+    spec = dict(MODELS[name])
+    model = build_on_meta(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    random_init_(model, device, dtype, generator=torch.Generator(device=device).manual_seed(seed))
     return model.eval().requires_grad_(False)
 
 

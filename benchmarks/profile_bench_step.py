@@ -10,10 +10,11 @@ import time
 import torch
 import torch.nn.functional as F
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import curlora
 from curlora.classify import Encoded, backbone_of, batches, pooled_hidden
+from curlora.testing import architecture_config
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=40)
@@ -21,8 +22,7 @@ p.add_argument("--profile", action="store_true")
 args = p.parse_args()
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                  num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, max_position_embeddings=8192)
+cfg = architecture_config("smollm2-135m")
 torch.manual_seed(0)
 base = LlamaForCausalLM(cfg).to(dev, dtype).eval().requires_grad_(False)
 g = torch.Generator().manual_seed(0)

@@ -60,28 +60,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curlora.testing import ARCHITECTURES, architecture_config, random_init_
+
 SCHEMA = "curlora-step-bench/1"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj"]
 
-# Real architectures, built in code. Values from the models' published config.json files; llama-1b is
-# Llama-3.2-1B-like (its llama3 RoPE scaling is left out: it does not change the cost of a step).
-MODELS: dict[str, dict[str, Any]] = {
-    "smollm2-135m": dict(
-        model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-        intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True, head_dim=64,
-        max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-    ),
-    "llama-1b": dict(
-        model_type="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, head_dim=64,
-        max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
-    ),
-    "mistral-7b": dict(
-        model_type="mistral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=14336, vocab_size=32000, tie_word_embeddings=False, head_dim=128,
-        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-5, sliding_window=None,
-    ),
-}  # fmt: skip
+MODELS = ARCHITECTURES  # the benchmarked architectures (curlora.testing)
 DEFAULT_BATCH = {
     "cuda": {"smollm2-135m": 16, "llama-1b": 8, "mistral-7b": 4},
     "cpu": {"smollm2-135m": 4, "llama-1b": 1, "mistral-7b": 1},
@@ -105,29 +89,12 @@ log = logging.getLogger("step_bench")
 
 def build_backbone(name: str, device: torch.device, dtype: torch.dtype, layers: int | None, seed: int) -> nn.Module:
     """The decoder backbone (no LM head) of model `name`, random-init in `dtype` on `device`."""
-    from transformers import AutoConfig
-
     from curlora.models import build_on_meta
 
-    spec = dict(MODELS[name])
-    if layers:
-        spec["num_hidden_layers"] = layers
-    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    config = architecture_config(name, **({"num_hidden_layers": layers} if layers else {}))
     backbone = build_on_meta(config).model  # the LM head is never built: the task reads the last hidden state
-    backbone.to(dtype)  # on meta: free; weights are then allocated once, directly in `dtype`
-    backbone.to_empty(device=device)
     torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in backbone.parameters():
-            if param.dim() >= 2:
-                param.normal_(0.0, 0.02)  # CUR selection needs finite, non-zero weights
-            else:
-                param.fill_(1.0)  # RMSNorm scales (Llama/Mistral have no biases)
-        for module in backbone.modules():  # RoPE tables are non-persistent buffers: rebuild them (in float32)
-            if "inv_freq" in module._buffers:
-                fresh = type(module)(module.config)
-                for key, buf in fresh.named_buffers(recurse=False):
-                    module._buffers[key] = buf.to(device)
+    random_init_(backbone, device, dtype)
     backbone.requires_grad_(False)
     backbone.eval()  # no dropout anywhere; train/eval does not change the math of these models
     return backbone

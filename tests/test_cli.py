@@ -26,24 +26,12 @@ from curlora.inspect import (
     target_layers,
     trainable_params,
 )
-from curlora.testing import save_tiny_model, tiny_gpt2, tiny_llama
+from curlora.testing import ARCHITECTURES, save_tiny_model, tiny_gpt2, tiny_llama
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WIDE = {"COLUMNS": "200"}  # rich wraps to 80 columns when not on a terminal
 
-MISTRAL_7B = {
-    "model_type": "mistral",
-    "architectures": ["MistralForCausalLM"],
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 32000,
-    "max_position_embeddings": 32768,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
+MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "torch_dtype": "bfloat16", **ARCHITECTURES["mistral-7b"]}
 
 runner = CliRunner()
 

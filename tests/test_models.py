@@ -15,6 +15,7 @@ from curlora import models
 from curlora.errors import CurloraError
 from curlora.models import BUILTIN_MODEL, build_on_meta, load_config, load_model, resolve_model
 from curlora.testing import (
+    ARCHITECTURES,
     EOS_ID,
     PAD_ID,
     TINY_VOCAB_SIZE,
@@ -26,19 +27,7 @@ from curlora.testing import (
 
 logger = logging.getLogger(__name__)
 
-MISTRAL_7B = {
-    "model_type": "mistral",
-    "architectures": ["MistralForCausalLM"],
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 32000,
-    "max_position_embeddings": 32768,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
+MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "torch_dtype": "bfloat16", **ARCHITECTURES["mistral-7b"]}
 
 
 # ------------------------------------------------------------------------------ tiny factories

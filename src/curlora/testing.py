@@ -181,3 +181,60 @@ def save_tiny_model(path: str | os.PathLike, arch: str = "llama", **kwargs) -> P
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# Real architectures for speed/memory benchmarks and meta-device tests, as `AutoConfig.for_model` arguments.
+# Values from the models' published config.json files; llama-1b is Llama-3.2-1B-like (its llama3 RoPE scaling is
+# left out: it does not change the cost of a step); llama-7b is Llama-2-7B-like (untied head, no grouped kv heads).
+ARCHITECTURES: dict[str, dict] = {
+    "smollm2-135m": dict(
+        model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+        intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True, head_dim=64,
+        max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+    ),
+    "llama-1b": dict(
+        model_type="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+        intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, head_dim=64,
+        max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
+    ),
+    "llama-7b": dict(
+        model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+        intermediate_size=11008, vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+    ),
+    "mistral-7b": dict(
+        model_type="mistral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        intermediate_size=14336, vocab_size=32000, tie_word_embeddings=False, head_dim=128,
+        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-5, sliding_window=None,
+    ),
+}  # fmt: skip
+
+
+def architecture_config(name: str, **overrides):
+    """A transformers config for one of `ARCHITECTURES` (e.g. `num_hidden_layers=4` for a short smoke run)."""
+    from transformers import AutoConfig
+
+    spec = {**ARCHITECTURES[name], **overrides}
+    return AutoConfig.for_model(spec.pop("model_type"), **spec)
+
+
+@torch.no_grad()
+def random_init_(
+    module: torch.nn.Module, device: torch.device, dtype: torch.dtype, generator: torch.Generator | None = None
+) -> torch.nn.Module:
+    """Allocate a meta-device model on `device` directly in `dtype` and fill it: matrices ~ N(0, 0.02²) (CUR
+    selection needs finite, non-zero weights), vectors = 1 (RMSNorm scales; Llama/Mistral have no biases), RoPE
+    tables rebuilt in float32 (they are non-persistent buffers that `to_empty` leaves uninitialised)."""
+    module.to(dtype)  # on meta: free; weights are then allocated once, directly in `dtype`
+    module.to_empty(device=device)
+    for param in module.parameters():
+        if param.dim() >= 2:
+            param.normal_(0.0, 0.02, generator=generator)
+        else:
+            param.fill_(1.0)
+    for sub in module.modules():
+        if "inv_freq" in sub._buffers:
+            fresh = type(sub)(sub.config)
+            for key, buf in fresh.named_buffers(recurse=False):
+                sub._buffers[key] = buf.to(device)
+    return module
