@@ -477,12 +477,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **model_extra)
     except CurloraError:
         raise
-    except _load_errors() as exc:
+    except (*_load_errors(), ValueError, KeyError) as exc:
         raise (_hub_error(name, exc) if is_hub else _folder_error(name, path, exc)) from exc
-    except (ValueError, KeyError) as exc:
-        if is_hub:
-            raise _hub_error(name, exc) from exc
-        raise _folder_error(name, path, exc) from exc
     _prepare_tokenizer(model, tokenizer)
     if dev is not None:
         model = model.to(dev)
@@ -505,12 +501,8 @@ def load_config(name_or_path_or_config_json: str | os.PathLike) -> PretrainedCon
         return AutoConfig.from_pretrained(resolved, **_hub_kwargs(resolved))
     except CurloraError:
         raise
-    except _load_errors() as exc:
+    except (*_load_errors(), ValueError, KeyError) as exc:
         raise (_hub_error(name, exc) if is_hub else _folder_error(name, resolved, exc)) from exc
-    except (ValueError, KeyError) as exc:
-        if is_hub:
-            raise _hub_error(name, exc) from exc
-        raise _folder_error(name, resolved, exc) from exc
 
 
 def _config_from_json_file(path: Path) -> PretrainedConfig:
