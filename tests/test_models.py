@@ -114,10 +114,10 @@ def test_bad_dtype_is_a_user_error(bad, tmp_path):
 
 
 def test_dtype_names():
-    assert models._parse_dtype(None) is torch.float32
-    assert models._parse_dtype("BF16") is torch.bfloat16
-    assert models._parse_dtype("torch.float16") is torch.float16
-    assert models._parse_dtype("auto") == "auto"
+    assert models.parse_dtype(None) is torch.float32
+    assert models.parse_dtype("BF16") is torch.bfloat16
+    assert models.parse_dtype("torch.float16") is torch.float16
+    assert models.parse_dtype("auto") == "auto"
 
 
 # ------------------------------------------------------------------------------ configs / meta

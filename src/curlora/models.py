@@ -339,7 +339,7 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -460,7 +460,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = _parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype)
     dev = _parse_device(device)
     name = os.fspath(name_or_path)
     path = resolve_model(name)

@@ -39,6 +39,7 @@ from curlora.data import Suite, load_suite, subsample_train
 from curlora.errors import CurloraError
 from curlora.io import atomic_dir, atomic_write_json
 from curlora.metrics import perplexity
+from curlora.models import parse_dtype
 from curlora.recipes.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
 from curlora.recipes.presets import PRESETS
 from curlora.tuner.config import default_target_modules
@@ -128,19 +129,9 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CurloraError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
     if dtype == "auto":
         return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    if dtype not in names:
-        raise CurloraError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
-    return dev, names[dtype]
+    return dev, parse_dtype(dtype)
 
 
 def _derive_seed(*parts) -> int:
