@@ -43,6 +43,7 @@ from curlora.models import parse_dtype
 from curlora.recipes.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
 from curlora.recipes.presets import PRESETS
 from curlora.tuner.config import default_target_modules
+from curlora.tuner.model import delta_norm_ratios
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -640,21 +641,13 @@ def _sharded_delta_norm_ratios(
 @torch.no_grad()
 def _delta_norm_ratios(model: nn.Module, originals: dict[str, torch.Tensor] | None) -> list[float]:
     """‖ΔW‖_F/‖W‖_F per adapted layer: PEFT layers via get_delta_weight; `full` against the saved originals."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
+    if originals is None:
+        return delta_norm_ratios(model, adapter_name=None)
     ratios = []
-    if originals is not None:
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                w0 = originals[name].float()
-                ratios.append(float((p.float() - w0).norm() / w0.norm().clamp_min(1e-12)))
-        return ratios
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer) and hasattr(module, "get_delta_weight"):
-            for name in module.active_adapters:
-                delta = module.get_delta_weight(name).float()
-                w = module.get_base_layer().weight.float()
-                ratios.append(float(delta.norm() / w.norm().clamp_min(1e-12)))
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            w0 = originals[name].float()
+            ratios.append(float((p.float() - w0).norm() / w0.norm().clamp_min(1e-12)))
     return ratios
 
 

@@ -54,12 +54,19 @@ class CURLoRAModel(BaseTuner):
 
 
 @torch.no_grad()
-def delta_norm_ratios(model: nn.Module, adapter_name: str = "default") -> list[float]:
-    """‖ΔW‖_F / ‖W‖_F for every adapted layer: tells "nothing changed" apart from "nothing learned"."""
+def delta_norm_ratios(model: nn.Module, adapter_name: str | None = "default") -> list[float]:
+    """‖ΔW‖_F / ‖W‖_F for every adapted layer: tells "nothing changed" apart from "nothing learned".
+
+    Any PEFT tuner layer that states its delta (CURLoRA, LoRA, ...) counts; `adapter_name=None` takes each
+    layer's active adapters."""
     ratios = []
     for module in model.modules():
-        if isinstance(module, CURLoRALayer) and adapter_name in module.curlora_U:
-            delta = module.get_delta_weight(adapter_name).float()
-            weight = module.get_base_layer().weight.float()
-            ratios.append(float(delta.norm() / weight.norm().clamp_min(1e-12)))
+        if not (isinstance(module, BaseTunerLayer) and hasattr(module, "get_delta_weight")):
+            continue
+        adapters = getattr(module, module.adapter_layer_names[0])
+        for name in module.active_adapters if adapter_name is None else [adapter_name]:
+            if name in adapters:
+                delta = module.get_delta_weight(name).float()
+                weight = module.get_base_layer().weight.float()
+                ratios.append(float(delta.norm() / weight.norm().clamp_min(1e-12)))
     return ratios
