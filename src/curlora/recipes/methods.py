@@ -16,6 +16,7 @@ from torch import nn
 from curlora.baselines import lora_config
 from curlora.cur import check_strategy
 from curlora.errors import CurloraError
+from curlora.inspect import target_layers
 from curlora.tuner.config import CURLoRAConfig
 
 METHODS = ("curlora", "lora", "head_only", "full")
@@ -65,22 +66,11 @@ def parse_method(spec: str) -> MethodSpec:
     return MethodSpec(label=spec, method=name, rank=int(rank) if rank else None, **fields)
 
 
-def target_layers(model: nn.Module, target_modules: list[str]) -> dict[str, nn.Module]:
-    """Modules whose name ends with one of the targets (the same rule PEFT applies to plain names)."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if name.rsplit(".", 1)[-1] in target_modules and hasattr(module, "weight")
-    }
-
-
 def check_rank_fits(model: nn.Module, spec: MethodSpec, target_modules: list[str]) -> None:
-    layers = target_layers(model, target_modules)
-    if not layers:
-        raise CurloraError(f"no module named {target_modules} in the model; pass --target-modules")
+    layers = target_layers(model, target_modules)  # raises when nothing matches
     if spec.rank is None:
         return
-    smallest = min(min(m.weight.shape) for m in layers.values())
+    smallest = min(min(layer["out"], layer["in"]) for layer in layers)
     if spec.rank > smallest:
         raise CurloraError(
             f"rank {spec.rank} of {spec.label!r} is larger than the smallest adapted weight dimension "
@@ -105,7 +95,8 @@ def wrap_model(
             model, lora_config(spec.rank, alpha, target_modules=target_modules, model_type=model_type)
         )
     if spec.method == "full":
-        for module in target_layers(model, target_modules).values():
+        for layer in target_layers(model, target_modules):
+            module = model.get_submodule(layer["name"])
             # an fp32 master copy for AdamW; autocast runs the matmuls in the compute dtype
             module.float()
             module.weight.requires_grad_(True)
