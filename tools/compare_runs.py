@@ -24,6 +24,8 @@ def avg(run: dict) -> float:
 
 def final_tensors(folder: pathlib.Path, label: str) -> dict:
     stages = sorted((folder / "runs" / label / "seed-0").glob("stage-*"))
+    if not stages:  # a copy with results.json only
+        return {}
     last = stages[-1]
     files = [last / "heads.safetensors", last / "adapter" / "adapter_model.safetensors"]
     out = {}
@@ -38,13 +40,15 @@ def main(ref_dir: str, *other_dirs: str) -> None:
     ref_runs = runs(ref)
     for other in map(pathlib.Path, other_dirs):
         env = json.loads((other / "results.json").read_text())["environment"]
-        print(f"{ref} (first value) vs {other} (second value; processes: {env.get('processes')}, fsdp: {env.get('fsdp')})")
+        launch = f"processes: {env.get('processes')}, fsdp: {env.get('fsdp')}"
+        print(f"{ref} (first value) vs {other} (second value; {launch})")
         other_runs = runs(other)
         for label, a in ref_runs.items():
             b = other_runs[label]
-            dacc = max(abs(x - y) for ra, rb in zip(a["acc"], b["acc"]) for x, y in zip(ra, rb) if x is not None)
+            pairs = zip(sum(a["acc"], []), sum(b["acc"], []), strict=True)
+            dacc = max(abs(x - y) for x, y in pairs if x is not None)
             ta, tb = final_tensors(ref, label), final_tensors(other, label)
-            dw = max(((ta[k] - tb[k]).abs().max().item() for k in ta), default=float("nan"))
+            dw = max(((ta[k] - tb[k]).abs().max().item() for k in ta if k in tb), default=float("nan"))
             print(
                 f"  {label:12s} avg acc {avg(a):.4f} vs {avg(b):.4f}  max|Δacc| {dacc:.4f}  "
                 f"max|Δweights| {dw:.2e}  ppl {a['ppl_after']:.4f} vs {b['ppl_after']:.4f}  "
