@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shapes", default="576x576,576x192,2048x2048,2048x512", help="in×out, comma separated")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--variants", default="lora,orig,library,gather", help="lora and layer_variants names")
+    parser.add_argument("--variants", default="lora,orig,xr,library", help="lora and layer_variants names")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -5,13 +5,12 @@ the layer's class to a subclass of `CURLoRALinear` that overrides `forward` (isi
 and torch.compile sees a different type, so compiled code of one variant is never reused for another).
 They all compute y = base(x) + α·((x·Rᵀ)·Uᵀ)·Cᵀ; they differ only in how:
 
-- ``library``: whatever `curlora.tuner.layer.CURLoRALinear.forward` does now.
-- ``orig``: the forward before the performance pass: three `F.linear` calls, then a separate `result + delta`
-  over the out-sized activation.
-- ``gather``: x·Rᵀ taken from the base output instead of a GEMM over x: R holds rows of W, so
-  x·Rᵀ = (x·Wᵀ)[..., rows]. Exact only while R == W[rows] (the base weight has not changed since the adapter
-  was created and nothing is merged), the base is a bias-free nn.Linear and W is frozen; the variant falls back
-  to the library path otherwise. Benchmark-only: it is not in the library.
+- ``library``: whatever `curlora.tuner.layer.CURLoRALinear.forward` does now (x·Rᵀ taken from the base output
+  where that is exact, see the module docstring of `curlora.tuner.layer`).
+- ``xr``: the library's x·Rᵀ path everywhere (a GEMM over x, the result added by one addmm): the forward of
+  the first performance pass, before x·Rᵀ was taken from the base output.
+- ``orig``: the forward before any performance pass: three `F.linear` calls, then a separate
+  `result + delta` over the out-sized activation.
 """
 
 from __future__ import annotations
@@ -44,40 +43,15 @@ class OrigCURLoRALinear(CURLoRALinear):
         return result
 
 
-def gather_ok(layer: CURLoRALinear, result: torch.Tensor, name: str) -> bool:
-    """Whether (x·Wᵀ)[..., rows] is x·Rᵀ here: plain bias-free nn.Linear, frozen W, same dtype as R."""
-    base = layer.base_layer
-    return (
-        type(base) is nn.Linear
-        and base.bias is None
-        and not base.weight.requires_grad
-        and result.dtype == layer.curlora_R[name].dtype
-    )
-
-
-class GatherCURLoRALinear(CURLoRALinear):
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters or self.merged:
-            return super().forward(x, *args, **kwargs)
-        result = base_out = self.base_layer(x, *args, **kwargs)
-        for name in self.active_adapters:
-            if name not in self.curlora_U:
-                continue
-            if not gather_ok(self, base_out, name):
-                return super().forward(x, *args, **kwargs)
-            c = self.curlora_C[name]
-            alpha, u = self.curlora_alpha[name], self.curlora_U[name]
-            u = (u if alpha == 1.0 else alpha * u).to(c.dtype)
-            h = F.linear(base_out.index_select(-1, self.curlora_rows[name]), u)
-            out_f, rank = c.shape
-            result = torch.addmm(result.reshape(-1, out_f), h.reshape(-1, rank), c.t()).view(result.shape)
-        return result
+class XRCURLoRALinear(CURLoRALinear):
+    def _can_reuse_base_output(self, name: str, result: torch.Tensor) -> bool:
+        return False
 
 
 CLASSES: dict[str, type[CURLoRALinear]] = {
     "library": CURLoRALinear,
     "orig": OrigCURLoRALinear,
-    "gather": GatherCURLoRALinear,
+    "xr": XRCURLoRALinear,
 }
 
 

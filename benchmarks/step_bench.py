@@ -11,13 +11,13 @@ train (forward + backward + AdamW step):
                   gradients); only the head trains. No adapter can be cheaper than this.
   lora            PEFT LoRA r on q/k/v (PEFT defaults: adapter weights in float32).
   lora-bf16       PEFT LoRA with autocast_adapter_dtype=False (adapter weights in the model's dtype).
-  curlora         CURLoRA r on q/k/v, eager, the library's forward.
-  curlora-orig    CURLoRA with the forward from before the performance pass (benchmarks/layer_variants.py).
-  curlora-gather  CURLoRA taking x·Rᵀ from the base output (benchmarks/layer_variants.py; benchmark only).
+  curlora         CURLoRA r on q/k/v, eager, the library's forward (x·Rᵀ taken from the base output).
+  curlora-xr      CURLoRA with x·Rᵀ as a GEMM over x (the library's fallback path; benchmarks/layer_variants.py).
+  curlora-orig    CURLoRA with the forward from before any performance pass (benchmarks/layer_variants.py).
   <any>-compile   the same with torch.compile on the forward + loss (backward compiled by AOTAutograd; the
                   optimizer step stays eager). Compile time is reported separately (first warm-up call).
 inference (forward only, no grad):
-  infer-base, infer-lora, infer-curlora, infer-curlora-gather, infer-merged (CURLoRA after merge_and_unload)
+  infer-base, infer-lora, infer-curlora, infer-curlora-xr, infer-merged (CURLoRA after merge_and_unload)
 other:
   disk            save_pretrained of LoRA and CURLoRA adapters; adapter_model.safetensors sizes and ratio.
 
@@ -73,10 +73,10 @@ DEFAULT_BATCH = {
 DEFAULT_VARIANTS = (
     "floor,floor-compile,lora,curlora,curlora-compile,infer-base,infer-lora,infer-curlora,infer-merged,disk"
 )
-TRAIN_BASES = ("floor", "lora", "lora-bf16", "curlora", "curlora-orig", "curlora-gather")
-INFER_VARIANTS = ("infer-base", "infer-lora", "infer-curlora", "infer-curlora-gather", "infer-merged")
+TRAIN_BASES = ("floor", "lora", "lora-bf16", "curlora", "curlora-orig", "curlora-xr")
+INFER_VARIANTS = ("infer-base", "infer-lora", "infer-curlora", "infer-curlora-xr", "infer-merged")
 ALL_VARIANTS = [
-    *TRAIN_BASES, "floor-compile", "lora-compile", "curlora-compile", "curlora-gather-compile", *INFER_VARIANTS, "disk"
+    *TRAIN_BASES, "floor-compile", "lora-compile", "curlora-compile", "curlora-xr-compile", *INFER_VARIANTS, "disk"
 ]  # fmt: skip
 
 log = logging.getLogger("step_bench")
@@ -227,7 +227,7 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
     info: dict[str, Any] = {}
 
     if name in INFER_VARIANTS:
-        impl = "gather" if name == "infer-curlora-gather" else "library"
+        impl = "xr" if name == "infer-curlora-xr" else "library"
         # merging writes into the adapted weights: that variant gets its own copy of them
         model = share_copy(backbone, own=(lambda n: name == "infer-merged" and any(t in n for t in TARGET_MODULES)))
         if name != "infer-base":
@@ -255,7 +255,7 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
         t0 = time.perf_counter()
         apply_adapter(model, base, args.rank)
         info["setup_s"] = time.perf_counter() - t0
-    impl = {"curlora-orig": "orig", "curlora-gather": "gather"}.get(base, "library")
+    impl = {"curlora-orig": "orig", "curlora-xr": "xr"}.get(base, "library")
     _layer_variants().use(model, impl)
     torch.manual_seed(args.seed)
     head = nn.Linear(hidden, 2, device=device, dtype=torch.float32)

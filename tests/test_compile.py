@@ -1,6 +1,6 @@
 """torch.compile(fullgraph=True) of the CURLoRA layer and of tiny models with CURLoRA: same outputs and
-gradients as eager. Also checks the layer's forward paths against the pre-optimisation forward and the
-benchmark-only "gather" variant (benchmarks/layer_variants.py) against the library."""
+gradients as eager. Also checks the layer's two forward paths (x·Rᵀ taken from the base output, and the x·Rᵀ
+GEMM) against the pre-optimisation forward (benchmarks/layer_variants.py), and when each path is taken."""
 
 import importlib.util
 import shutil
@@ -128,6 +128,12 @@ def test_library_forward_matches_pre_optimisation_forward(variants, kind, alpha)
     _assert_same(got, want)
 
 
+def _path(layer: CURLoRALinear, x: torch.Tensor) -> str:
+    """Which forward path produced the output: 'base-output' (the autograd Function) or 'x·Rᵀ'."""
+    out = layer(x.detach().clone().requires_grad_(True))
+    return "base-output" if type(out.grad_fn).__name__.startswith("_FromBaseOutput") else "x·Rᵀ"
+
+
 def test_autocast_takes_the_fallback_path_and_matches(variants):
     # under autocast the base output is bf16 while C and R stay fp32: the unfused path must be used
     layer = _layer("linear")
@@ -135,50 +141,84 @@ def test_autocast_takes_the_fallback_path_and_matches(variants):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = _run_with(variants, "library", layer, x)
         want = _run_with(variants, "orig", layer, x)
+        assert _path(layer, x) == "x·Rᵀ"
     assert got[0].dtype == torch.bfloat16
     _assert_same(got, want, rtol=0, atol=0)
 
 
-def test_gather_variant_equals_library_and_falls_back_where_not_exact(variants):
-    # nn.Linear without bias, frozen: x·Rᵀ is taken from the base output, (x·Wᵀ)[..., rows]
-    layer = _layer("linear")
+@pytest.mark.parametrize("kind", ["linear", "linear-bias", "conv1d"])
+def test_base_output_path_is_taken_and_equals_the_xr_path(variants, kind):
+    layer = _layer(kind)
     x = torch.randn(3, 4, 32)
-    want = _run_with(variants, "library", layer, x)
-    got = _run_with(variants, "gather", layer, x)
-    _assert_same(got, want)
-    assert variants.gather_ok(layer, layer.base_layer(x), "default")
-    # a bias, a Conv1D base or a trainable W make the shortcut inexact: it must not be taken
-    for kind in ("linear-bias", "conv1d"):
-        other = _layer(kind)
-        assert not variants.gather_ok(other, other.base_layer(x), "default")
-        _assert_same(_run_with(variants, "gather", other, x), _run_with(variants, "library", other, x))
-    layer.base_layer.weight.requires_grad_(True)
-    assert not variants.gather_ok(layer, layer.base_layer(x), "default")
+    variants.use(layer, "library")
+    assert _path(layer, x) == "base-output"
+    _assert_same(_run_with(variants, "library", layer, x), _run_with(variants, "xr", layer, x))
 
 
-def test_gather_variant_on_a_tiny_model_and_under_fullgraph_compile(variants):
-    model = get_peft_model(tiny_llama(), CURLoRAConfig(r=4, alpha=1.5))
+def test_base_output_path_with_repeated_rows_and_no_input_grad(variants):
+    # `reference` samples with replacement: a row picked twice must get both gradient contributions
+    torch.manual_seed(0)
+    base = nn.Linear(32, 24, bias=False).requires_grad_(False)
+    layer = CURLoRALinear(base, "default", CURLoRAConfig(r=12, sampling="reference", seed=3), layer_name="rep")
+    assert layer.curlora_rows["default"].unique().numel() < 12  # the seed gives duplicates
+    layer.curlora_U["default"].data.normal_(std=0.5)
+    x = torch.randn(3, 4, 32)
+    _assert_same(_run_with(variants, "library", layer, x), _run_with(variants, "xr", layer, x))
+    # an input that needs no gradient (the first layer of a model): U still gets its gradient
+    variants.use(layer, "library")
+    layer.curlora_U["default"].grad = None
+    layer(x).square().sum().backward()
+    want = layer.curlora_U["default"].grad.clone()
+    variants.use(layer, "xr")
+    layer.curlora_U["default"].grad = None
+    layer(x).square().sum().backward()
+    torch.testing.assert_close(want, layer.curlora_U["default"].grad, rtol=1e-5, atol=1e-5)
+
+
+def test_base_output_path_in_bfloat16_is_as_close_as_the_xr_path(variants):
+    reference = _layer("linear-bias")  # float32: the "exact" numbers
+    x = torch.randn(4, 16, 32)
+    exact = _run(reference, reference, x)
+    layer = _layer("linear-bias").to(torch.bfloat16)  # the same weights, in bf16 (U stays float32)
+    errors = {}
+    for impl in ("library", "xr"):
+        got = _run_with(variants, impl, layer, x.bfloat16())
+        errors[impl] = [(a.float() - b).abs().max().item() for a, b in zip(got, exact, strict=True)]
+    for got, ref in zip(errors["library"], errors["xr"], strict=True):
+        assert got <= 2 * ref + 1e-2, errors
+
+
+def test_where_the_base_output_path_is_not_taken(variants):
+    x = torch.randn(3, 4, 32)
+    layer = _layer("linear")
+    layer.base_layer.weight.requires_grad_(True)  # W trains: R (a frozen copy) is not W[rows] any more
+    assert _path(layer, x) == "x·Rᵀ"
+    off = CURLoRALinear(nn.Linear(32, 24).requires_grad_(False), "default", CURLoRAConfig(r=4, reuse_base_output=False))
+    assert _path(off, x) == "x·Rᵀ"
+    # two active adapters: each adds its own term; they take the x·Rᵀ path and equal the reference
+    layer = _layer("linear")
+    layer.update_layer("b", CURLoRAConfig(r=3, alpha=0.5, seed=7), layer_name="test.b")
+    layer.curlora_U["b"].data.normal_(std=0.5)
+    layer.set_adapter(["default", "b"])
+    assert _path(layer, x) == "x·Rᵀ"
+    with torch.no_grad():
+        want = variants.use(layer, "orig")(x)
+        got = variants.use(layer, "library")(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_base_output_path_on_a_tiny_model_and_under_fullgraph_compile(variants, arch):
+    model = get_peft_model((tiny_llama if arch == "llama" else tiny_gpt2)(), CURLoRAConfig(r=4, alpha=1.5))
     g = torch.Generator().manual_seed(1)
     for layer in (m for m in model.modules() if isinstance(m, CURLoRALayer)):
         layer.curlora_U["default"].data = torch.randn(4, 4, generator=g) * 0.5
     ids = torch.randint(0, 300, (2, 9), generator=g)
     with torch.no_grad():
-        want = variants.use(model, "library")(ids).logits
-        got = variants.use(model, "gather")(ids).logits
+        want = variants.use(model, "orig")(ids).logits
+        got = variants.use(model, "library")(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    layer = variants.use(_layer("linear"), "gather")
+    layer = variants.use(_layer("conv1d" if arch == "gpt2" else "linear"), "library")
     x = torch.randn(2, 5, 32)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    _assert_same(_run(compiled, layer, x), _run_with(variants, "library", layer, x))
-
-
-def test_gather_variant_with_two_active_adapters_gathers_from_the_base_output(variants):
-    layer = _layer("linear")
-    layer.update_layer("b", CURLoRAConfig(r=3, alpha=0.5, seed=7), layer_name="test.b")
-    layer.curlora_U["b"].data.normal_(std=0.5)
-    layer.set_adapter(["default", "b"])
-    x = torch.randn(3, 4, 32)
-    with torch.no_grad():
-        want = variants.use(layer, "library")(x)
-        got = variants.use(layer, "gather")(x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    _assert_same(_run(compiled, layer, x), _run_with(variants, "orig", layer, x))

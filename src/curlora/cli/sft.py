@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import typer
@@ -74,7 +75,7 @@ def sft(
     ),
     epochs: float = typer.Option(1.0),
     max_steps: int | None = typer.Option(None, help="Stop after N optimizer steps (overrides --epochs)."),
-    batch_size: int = typer.Option(8),
+    batch_size: int = typer.Option(8, help="Global batch: split evenly over the processes of accelerate launch."),
     grad_accum: int = typer.Option(1),
     max_length: int = typer.Option(512, help="Token limit of prompt + answer; longer contexts are cut."),
     max_new_tokens: int = typer.Option(32, help="Longest generated answer."),
@@ -92,6 +93,7 @@ def sft(
     overwrite: bool = typer.Option(False, help="Delete --out first."),
 ) -> None:
     """Fine-tune a causal LM on SQuAD with CURLoRA (TRL SFTTrainer); report EM/F1 and forgetting."""
+    from curlora.distributed import is_main_process
     from curlora.recipes.sft import SFTRecipeConfig, SFTRun
 
     config = SFTRecipeConfig(
@@ -124,13 +126,20 @@ def sft(
         dtype=dtype,
         save_steps=save_steps,
     )
-    console.print(f"[bold]curlora sft[/] model={config.model} data={config.data} methods={method} → {out}")
-    reporter = _Reporter()
+    main = is_main_process()  # under accelerate launch / torchrun, rank 0 alone prints
+    if not main:
+        logging.getLogger().setLevel(logging.WARNING)  # the other ranks' info lines repeat rank 0's
+    if main:
+        console.print(f"[bold]curlora sft[/] model={config.model} data={config.data} methods={method} → {out}")
+    reporter = _Reporter() if main else None
     try:
-        runner = SFTRun(config, out, reporter=reporter, progress_bars=True, resume=resume, overwrite=overwrite)
+        runner = SFTRun(config, out, reporter=reporter, progress_bars=main, resume=resume, overwrite=overwrite)
         results = runner.run()
     finally:
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
+    if not main:
+        return
     data_info = results["data"]
     skipped = data_info["train_build"]["skipped"]
     console.print(

@@ -11,6 +11,10 @@ For every method, from the same base weights and the same data:
   5. perplexity on general text (the bench's NYT editorials) before and after, so forgetting shows.
 Method ``none`` only evaluates the base model. Results go to ``results.json`` and ``results.md`` (atomic writes);
 the predictions of each method to ``predictions-<label>.json``.
+
+Under ``accelerate launch`` / ``torchrun`` (several processes, DDP) every rank trains on its share of each global
+batch (``--batch-size`` stays the global batch), rank 0 alone evaluates and writes while the others wait, and
+every rank returns rank 0's results; docs/DISTRIBUTED.md describes it.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import curlora
+from curlora import distributed
 from curlora.data.squad import count_questions, load_squad, sample_questions, split_articles
 from curlora.errors import CurloraError
 from curlora.io import atomic_write_json, atomic_write_text
@@ -253,6 +258,18 @@ def build_trainer(
     return trainer
 
 
+def _no_library_bars() -> None:
+    """No progress bars from transformers (weights loading) and datasets (TRL's preprocessing) in this process."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+    except ImportError:  # reported with an install hint when the trainer is built
+        return
+    datasets.disable_progress_bars()
+
+
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
@@ -316,7 +333,10 @@ class SFTRun:
         self.resume = resume
         self.specs = parse_sft_methods(config.methods, config.rank)
         self.device, self.dtype = resolve_device(config.device, config.dtype)
-        other_gpu = self.device.type == "cuda" and self.device.index not in (None, 0)
+        world = distributed.launched_world_size()
+        # one process: the trainer uses the first visible GPU; several: each uses cuda:LOCAL_RANK (checked by
+        # distributed.setup, which refuses any other explicit index)
+        other_gpu = world <= 1 and self.device.type == "cuda" and self.device.index not in (None, 0)
         if self.device.type not in ("cpu", "cuda") or other_gpu:
             raise CurloraError(
                 f"--device {config.device}: the trainer runs on cpu or the first visible GPU; "
@@ -324,10 +344,46 @@ class SFTRun:
             )
         if self.dtype == torch.float16:
             raise CurloraError("float16 training is not supported here; use bfloat16 (the default on CUDA) or float32")
+        if config.batch_size % world:
+            raise CurloraError(
+                f"--batch-size {config.batch_size} is the global batch, split evenly over the {world} processes: "
+                f"pass a multiple of {world}"
+            )
         self.overwrite = overwrite
         self._check_out()
         self._ppl_text, self._ppl_name = ppl_text, ppl_name
         self._model, self._tokenizer = model, tokenizer
+        # under accelerate launch / torchrun: join the process group and make cuda:LOCAL_RANK this process's
+        # device now, before any model is placed (no rank puts a copy on GPU 0); a no-op for one process
+        self.dist, self.device = distributed.setup(self.device)
+        self._group = None
+        if self.dist.enabled:
+            # waits and small exchanges go through a gloo group with a long timeout: the other ranks may wait for
+            # rank 0's evaluation for longer than an NCCL collective is allowed to take
+            self._group = torch.distributed.new_group(backend="gloo", timeout=timedelta(hours=24))
+        if not self.dist.is_main:  # rank 0 alone reports and shows progress bars
+            self.reporter, self.progress_bars = Reporter(), False
+            _no_library_bars()
+
+    # -- several processes -------------------------------------------------------------------------------------
+    def _wait(self) -> None:
+        """Every rank waits here until all have arrived (e.g. while rank 0 evaluates); a no-op for one process."""
+        if self.dist.enabled:
+            torch.distributed.barrier(group=self._group)
+
+    def _mean_over_ranks(self, value: float) -> float:
+        if not self.dist.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t, group=self._group)
+        return t.item() / self.dist.world_size
+
+    def _from_rank0(self, obj: Any) -> Any:
+        if not self.dist.enabled:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0, group=self._group)
+        return box[0]
 
     # -- the run folder ----------------------------------------------------------------------------------------
     def _check_out(self) -> None:
@@ -353,11 +409,14 @@ class SFTRun:
             )
 
     def _start_out(self) -> None:
-        """Called once data and model are loaded: clear the folder for --overwrite, record the settings."""
-        if self.overwrite and self.out.exists():
-            shutil.rmtree(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "config.json", self.config.result_key())
+        """Called once data and model are loaded: clear the folder for --overwrite, record the settings (rank 0;
+        the others wait until it has)."""
+        if self.dist.is_main:
+            if self.overwrite and self.out.exists():
+                shutil.rmtree(self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "config.json", self.config.result_key())
+        self._wait()
 
     # -- pieces -------------------------------------------------------------------------------------------------
     def _load(self):
@@ -461,7 +520,9 @@ class SFTRun:
             },
         }
 
-    def _train_method(self, spec: MethodSpec, base, tokenizer, train_ex: list[QAExample]) -> tuple[Any, dict]:
+    def _train_method(self, spec: MethodSpec, base, tokenizer, train_ex: list[QAExample]) -> tuple[Any, dict, bool]:
+        """Train one method (every rank takes part); returns the trained model, its record and whether the
+        trainer sharded it (FSDP: evaluating it then needs every rank)."""
         cfg = self.config
         run_dir = self.out / "runs" / _slug(spec.label)
         model = copy.deepcopy(base)
@@ -479,7 +540,7 @@ class SFTRun:
             lr=lr,
             epochs=cfg.epochs,
             max_steps=cfg.max_steps,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size // self.dist.world_size,  # per process: the global batch is the same
             grad_accum=cfg.grad_accum,
             warmup_ratio=cfg.warmup_ratio,
             weight_decay=cfg.weight_decay,
@@ -504,24 +565,32 @@ class SFTRun:
         train_s = time.perf_counter() - t0
         final_dir = run_dir / "final"
         trainer.save_model(str(final_dir))
+        # logged losses are averaged over the ranks by the trainer, but the steps after the last log enter
+        # `training_loss` with this rank's share only; the logged part being the same on every rank, the mean over
+        # ranks is the global loss
+        train_loss = self._mean_over_ranks(out.training_loss)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        sharded = bool(getattr(trainer, "is_fsdp_enabled", False))
         model = trainer.model
         model.eval()
-        return model, {
+        info = {
             "lr": lr,
             "rank": spec.rank,
             "alpha": spec.alpha if spec.alpha is not None else cfg.alpha,
             "trainable_params": trainable,
-            "train_loss": out.training_loss,
+            "train_loss": train_loss,
             "final_logged_loss": losses[-1] if losses else None,
             "train_steps": trainer.state.global_step,
             "train_s": train_s,
             "resumed_from": str(resume_from) if resume_from else None,
             "adapter_dir": str(final_dir),
         }
+        return model, info, sharded
 
     # -- the run ------------------------------------------------------------------------------------------------
     def _write(self, results: dict) -> None:
+        if not self.dist.is_main:
+            return
         atomic_write_json(self.out / "results.json", results)
         atomic_write_text(self.out / "results.md", _markdown(results))
 
@@ -545,7 +614,12 @@ class SFTRun:
             )
         ppl_ids, ppl_name = self._ppl_ids(tokenizer)
         self._start_out()
+        # every rank reads the same file here: rank 0 writes results.json only after the next wait
         previous = self._previous_records()
+        main = self.dist.is_main
+        environ = environment(self.device)
+        if self.dist.enabled:
+            environ["processes"] = self.dist.world_size
         results: dict[str, Any] = {
             "schema": SCHEMA,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -554,10 +628,16 @@ class SFTRun:
             "data": data["summary"],
             "ppl": {"name": ppl_name, "max_length": cfg.ppl_max_length, "stride": cfg.ppl_stride},
             "methods": [],
-            "environment": environment(self.device),
+            "environment": environ,
         }
-        before = previous.get("__ppl_before__") or self._perplexity(base, ppl_ids, "perplexity (base model)")
-        results["ppl"].update(tokens=before["tokens"], before=before["ppl"], before_detail=before)
+        # the recipe's own evaluation runs on rank 0 while the other ranks wait (the base model is whole on every
+        # rank); only a model that the trainer sharded (FSDP) is evaluated by every rank in step
+        before = previous.get("__ppl_before__")
+        if before is None and main:
+            before = self._perplexity(base, ppl_ids, "perplexity (base model)")
+        self._wait()
+        if main:
+            results["ppl"].update(tokens=before["tokens"], before=before["ppl"], before_detail=before)
         for spec in self.specs:
             done = previous.get(spec.label)
             if done is not None:
@@ -566,32 +646,36 @@ class SFTRun:
                 continue
             record: dict[str, Any] = {"label": spec.label, "method": spec.method}
             if spec.method == "none":
-                model, record["trainable_params"] = base, 0
+                model, record["trainable_params"], sharded = base, 0, False
                 after = before
             else:
-                model, info = self._train_method(spec, base, tokenizer, data["train"])
+                model, info, sharded = self._train_method(spec, base, tokenizer, data["train"])
                 record.update(info)
                 after = None
-            scores = self._evaluate(model, tokenizer, data["eval"], f"answering ({spec.label})")
-            predictions = scores.pop("predictions")
-            atomic_write_json(self.out / f"predictions-{_slug(spec.label)}.json", predictions)
-            if after is None:
-                after = self._perplexity(model, ppl_ids, f"perplexity ({spec.label})")
-            record.update(scores)
-            record["ppl_after"] = after["ppl"]
-            record["ppl_change_pct"] = 100.0 * (after["ppl"] / before["ppl"] - 1.0)
-            results["methods"].append(record)
-            self.reporter.note(
-                f"{spec.label}: EM {record['exact_match']:.2f}  F1 {record['f1']:.2f}  "
-                f"ppl {before['ppl']:.3f} → {after['ppl']:.3f}"
-            )
-            self._write(results)
+            if main or sharded:
+                scores = self._evaluate(model, tokenizer, data["eval"], f"answering ({spec.label})")
+                predictions = scores.pop("predictions")
+                if main:
+                    atomic_write_json(self.out / f"predictions-{_slug(spec.label)}.json", predictions)
+                if after is None:
+                    after = self._perplexity(model, ppl_ids, f"perplexity ({spec.label})")
+            if main:
+                record.update(scores)
+                record["ppl_after"] = after["ppl"]
+                record["ppl_change_pct"] = 100.0 * (after["ppl"] / before["ppl"] - 1.0)
+                results["methods"].append(record)
+                self.reporter.note(
+                    f"{spec.label}: EM {record['exact_match']:.2f}  F1 {record['f1']:.2f}  "
+                    f"ppl {before['ppl']:.3f} → {after['ppl']:.3f}"
+                )
+                self._write(results)
             if model is not base:
                 del model
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
+            self._wait()  # nobody starts the next method's training before rank 0 has evaluated this one
         self._write(results)
-        return results
+        return self._from_rank0(results)
 
     def _previous_records(self) -> dict[str, Any]:
         """With --resume: the finished methods of an earlier run of the same settings, and its base perplexity."""

@@ -43,6 +43,9 @@ class CURLoRAConfig(PeftConfig):
         seed: selection seed; each layer derives its own stream from it and its module name.
         u_dtype: dtype of U (float32 by default, also on bf16/fp16 bases).
         fan_in_fan_out: set automatically for GPT-2's Conv1D (weight stored in × out).
+        reuse_base_output: take x·Rᵀ from the base layer's output (R holds rows of W) instead of a GEMM over x;
+            the same numbers, less work. Turn off only if you change the base weights in place while the
+            adapter is attached (unsupported anyway: loading rebuilds C and R from them).
     """
 
     r: int = field(default=8, metadata={"help": "Rank: number of columns of C, rows of R; U is r × r."})
@@ -56,6 +59,9 @@ class CURLoRAConfig(PeftConfig):
     seed: int = field(default=1311, metadata={"help": "Seed of the column/row selection."})
     u_dtype: str = field(default="float32", metadata={"help": f"dtype of U: one of {', '.join(U_DTYPES)}."})
     fan_in_fan_out: bool = field(default=False, metadata={"help": "True for Conv1D (set automatically)."})
+    reuse_base_output: bool = field(
+        default=True, metadata={"help": "Take x·Rᵀ from the base output (R = rows of W) instead of a GEMM over x."}
+    )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules trained and saved whole (e.g. a classification head)."}
     )

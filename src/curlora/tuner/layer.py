@@ -4,6 +4,14 @@ C (out × r) and R (r × in) are frozen copies of W's selected columns and rows,
 in the base layer's dtype and device (they follow `.to()`/`.half()`). What is saved per adapter: U, the column
 and row indices, and a fingerprint of C and R. Loading rebuilds C and R from the indices and the (unmerged)
 base weight and checks the fingerprint, so an adapter put on the wrong base model fails loudly.
+
+Because R holds rows of W, x·Rᵀ is already inside the base output: (x·Wᵀ + b)[..., rows] − b[rows]. The
+forward takes it from there (`_FromBaseOutput`) instead of reading x again, and its backward adds the adapter's
+gradient into r columns of the output gradient instead of building an in-sized gradient for x: the adapter then
+costs two skinny GEMMs and one pass over the output each way, whatever the input width. This rests on W being
+the weight the adapter was made from (the same contract as loading: C and R are rebuilt from W), so it is used
+only where that holds — a frozen plain nn.Linear/Conv1D, one active adapter, nothing merged — and
+`reuse_base_output=False` in the config turns it off.
 """
 
 from __future__ import annotations
@@ -24,10 +32,46 @@ from curlora.errors import CurloraError
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
+class _FromBaseOutput(torch.autograd.Function):
+    """out = y + α·((y[..., rows] − b[rows])·Uᵀ)·Cᵀ for y = x·Wᵀ + b with R = W[rows]; gradients for y and U.
+
+    The gradient for y is g + scatter(rows, α·(g·C)·U): one copy of the out-sized gradient with r columns
+    updated, instead of the in-sized (g·C·αU)·R that the x·Rᵀ formulation sends back to x.
+    """
+
+    @staticmethod
+    def forward(ctx, y, c, u, rows, bias_rows, alpha: float):
+        out_f, rank = c.shape
+        y2 = y.reshape(-1, out_f)
+        t = y2.index_select(1, rows)
+        if bias_rows is not None:
+            t = t - bias_rows
+        ua = (u if alpha == 1.0 else alpha * u).to(c.dtype)
+        out = torch.addmm(y2, t.mm(ua.t()), c.t())
+        ctx.save_for_backward(t, ua, c, rows)
+        ctx.alpha, ctx.u_dtype = alpha, u.dtype
+        return out.view(y.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        t, ua, c, rows = ctx.saved_tensors
+        g2 = grad_out.reshape(-1, c.shape[0])
+        gh = g2.mm(c)
+        grad_y = grad_u = None
+        if ctx.needs_input_grad[2]:
+            grad_u = gh.t().mm(t).to(ctx.u_dtype)
+            if ctx.alpha != 1.0:
+                grad_u = grad_u * ctx.alpha
+        if ctx.needs_input_grad[0]:
+            grad_y = g2.index_add(1, rows, gh.mm(ua)).view(grad_out.shape)
+        return grad_y, None, grad_u, None, None, None
+
+
 class CURLoRALayer(BaseTunerLayer):
     adapter_layer_names = ("curlora_U",)
     other_param_names = (
         "curlora_alpha",
+        "curlora_reuse_base_output",
         "curlora_cols",
         "curlora_rows",
         "curlora_fingerprint",
@@ -39,6 +83,7 @@ class CURLoRALayer(BaseTunerLayer):
         self.base_layer = base_layer
         self.curlora_U = nn.ParameterDict({})
         self.curlora_alpha: dict[str, float] = {}
+        self.curlora_reuse_base_output: dict[str, bool] = {}
         # indices and fingerprint are saved; the fingerprint's float64 bits are stored as int64 so that
         # `.half()` or `.to(bf16)` on the model cannot round it
         self.curlora_cols = BufferDict({}, persistent=True)
@@ -83,6 +128,7 @@ class CURLoRALayer(BaseTunerLayer):
         except CurloraError as err:
             raise CurloraError(f"{layer_name or 'layer'}: {err}") from None
         self.curlora_alpha[adapter_name] = float(config.alpha)
+        self.curlora_reuse_base_output[adapter_name] = bool(getattr(config, "reuse_base_output", True))
         self.curlora_cols[adapter_name] = selection.cols
         self.curlora_rows[adapter_name] = selection.rows
         u_dtype = _DTYPES[config.u_dtype]
@@ -189,22 +235,44 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result
-        for name in self.active_adapters:
-            if name not in self.curlora_U:
-                continue
-            c, r = self.curlora_C[name], self.curlora_R[name]
-            alpha, u = self.curlora_alpha[name], self.curlora_U[name]
-            # α is folded into the r × r matrix: no extra pass over the out-sized activation
-            u = (u if alpha == 1.0 else alpha * u).to(c.dtype)
-            h = F.linear(F.linear(x.to(r.dtype), r), u)
-            if result.dtype == c.dtype:
-                # result + h·Cᵀ as one GEMM with the add in its epilogue (beta=1): no out-sized temporary and
-                # no separate elementwise pass over the output, forward or backward
-                out_f, rank = c.shape
-                result = torch.addmm(result.reshape(-1, out_f), h.reshape(-1, rank), c.t()).view(result.shape)
-            else:  # e.g. under autocast, where the base output's dtype is not the factors'
-                result = result + F.linear(h, c).to(result.dtype)
+        names = [name for name in self.active_adapters if name in self.curlora_U]
+        if len(names) == 1 and self._can_reuse_base_output(names[0], result):
+            return self._add_from_base_output(names[0], result)
+        for name in names:
+            result = self._add_from_input(name, x, result)
         return result
+
+    def _can_reuse_base_output(self, name: str, result: torch.Tensor) -> bool:
+        """Whether result[..., rows] − b[rows] is x·Rᵀ: a frozen plain Linear/Conv1D in the factors' dtype."""
+        base = self.base_layer  # this class wraps its base directly (no nested tuner layers)
+        return (
+            self.curlora_reuse_base_output.get(name, True)
+            and type(base) in (nn.Linear, Conv1D)
+            and not base.weight.requires_grad
+            and (base.bias is None or not base.bias.requires_grad)
+            and result.dtype == self.curlora_C[name].dtype
+        )
+
+    def _add_from_base_output(self, name: str, result: torch.Tensor) -> torch.Tensor:
+        rows = self.curlora_rows[name]
+        bias = self.base_layer.bias
+        bias_rows = None if bias is None else bias.index_select(0, rows).to(result.dtype)
+        c, u = self.curlora_C[name], self.curlora_U[name]
+        return _FromBaseOutput.apply(result, c, u, rows, bias_rows, self.curlora_alpha[name])
+
+    def _add_from_input(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        c, r = self.curlora_C[name], self.curlora_R[name]
+        alpha, u = self.curlora_alpha[name], self.curlora_U[name]
+        # α is folded into the r × r matrix: no extra pass over the out-sized activation
+        u = (u if alpha == 1.0 else alpha * u).to(c.dtype)
+        h = F.linear(F.linear(x.to(r.dtype), r), u)
+        if result.dtype == c.dtype:
+            # result + h·Cᵀ as one GEMM with the add in its epilogue (beta=1): no out-sized temporary and
+            # no separate elementwise pass over the output, forward or backward
+            out_f, rank = c.shape
+            return torch.addmm(result.reshape(-1, out_f), h.reshape(-1, rank), c.t()).view(result.shape)
+        # e.g. under autocast, where the base output's dtype is not the factors'
+        return result + F.linear(h, c).to(result.dtype)
 
     def __repr__(self) -> str:
         return "curlora." + super().__repr__()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue-6 measurements on one GPU (no model weights needed: the benchmarks build random-init models).
+# usage: bash tools/device-perf.sh eager|compile|compile-default   (writes JSON and logs under $OUT)
+source tools/device-setup.sh
+nvidia-smi --query-gpu=name --format=csv,noheader
+part=${1:-eager}
+M=smollm2-135m,llama-1b,mistral-7b
+case $part in
+  eager)
+    V=floor,lora,curlora,curlora-xr,infer-base,infer-lora,infer-curlora,infer-curlora-xr,infer-merged,disk
+    timeout 400 python3 benchmarks/step_bench.py --device cuda --models $M --variants $V --steps 30 --warmup 5 \
+      --profile /tmp/profile --out $OUT/gpu-eager.json > $OUT/eager.log 2>&1
+    echo "eager exit $?"; tar czf $OUT/profile.tgz -C /tmp profile; grep -v "^\s*\[" $OUT/eager.log | tail -40; grep "\[" $OUT/eager.log | grep -v info
+    timeout 150 python3 benchmarks/layer_bench.py --device cuda --tokens 8192 --reps 50 \
+      --shapes 576x576,576x192,2048x2048,2048x512,4096x4096,4096x1024 > $OUT/layer.log 2>&1
+    echo "layer exit $?"; tail -32 $OUT/layer.log ;;
+  compile)  # CUDA graphs through inductor (mode reduce-overhead), the small model where launches dominate
+    timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-smollm2-135m,llama-1b} \
+      --variants floor,lora,curlora,floor-compile,lora-compile,curlora-compile --steps 30 --warmup 4 \
+      --compile-mode reduce-overhead --out $OUT/gpu-compile-ro.json > $OUT/compile.log 2>&1
+    echo "compile exit $?"; grep -v "^\s*\[" $OUT/compile.log | tail -30; grep "\[" $OUT/compile.log | grep -v info ;;
+  compile-default)
+    timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-mistral-7b} \
+      --variants floor,lora,curlora,floor-compile,lora-compile,curlora-compile --steps 20 --warmup 3 \
+      --out $OUT/gpu-compile-default.json > $OUT/compile-default.log 2>&1
+    echo "compile exit $?"; grep -v "^\s*\[" $OUT/compile-default.log | tail -30 ;;
+esac
