@@ -76,7 +76,7 @@ class SFTRecipeConfig:
     lr: float | None = None  # None: DEFAULT_LR of the method
     epochs: float = 1.0
     max_steps: int | None = None
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch: split evenly over the processes of accelerate launch / torchrun
     grad_accum: int = 1
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -531,6 +531,13 @@ class SFTRun:
         torch.manual_seed(cfg.seed)  # LoRA's A is random; CURLoRA's selection has its own seed
         model = wrap_model(model, spec, target_modules=targets, alpha=cfg.alpha, sampling=cfg.sampling, seed=cfg.seed)
         lr = spec.lr if spec.lr is not None else (cfg.lr if cfg.lr is not None else DEFAULT_LR[spec.method])
+        if self.dist.enabled and self.dist.is_main and len(train_ex) % cfg.batch_size:
+            log.warning(
+                "%d training examples are not a multiple of the global batch %d: with %d processes, the last batch "
+                "of each epoch is filled up with examples from the start of the epoch (accelerate's even_batches), "
+                "so that step differs slightly from one process's",
+                len(train_ex), cfg.batch_size, self.dist.world_size,
+            )  # fmt: skip
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         trainer = build_trainer(
             model,
