@@ -262,7 +262,8 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
     params = list(head.parameters()) + [p for p in model.parameters() if p.requires_grad]
     info["trainable_params"] = sum(p.numel() for p in params)
     info["adapter_params"] = info["trainable_params"] - sum(p.numel() for p in head.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    # fused AdamW on CUDA (one kernel for all tensors, least host work), for every variant alike
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda" or None)
     # the floor: gradients w.r.t. the activations all the way down to the inputs, none w.r.t. weights
     x = emb.detach().clone().requires_grad_(base == "floor")
     model.train()
@@ -418,14 +419,27 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype, variant
         measure_memory(runner, device)
         runners.append(runner)
         log.info("%s/%s: warm-up %s ms", name, vname, [round(t * 1e3, 1) for t in runner.warmup_times])
-    if args.interleave:
-        for i in range(args.steps):  # round i times every variant once, starting at a rotating offset
-            k = i % len(runners) if runners else 0
-            for runner in runners[k:] + runners[:k]:
-                runner.times.append(timed(runner, device))
-    else:
-        for runner in runners:
-            runner.times.extend(timed(runner, device) for _ in range(args.steps))
+    # Python's cyclic GC off while timing (as timeit does): with every variant's module tree alive, a collection
+    # walks a large heap and lands, at random, in whichever step allocates the most Python objects; the objects
+    # alive now are frozen out of its reach, and garbage is collected between rounds, outside the timings
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        if args.interleave:
+            for i in range(args.steps):  # round i times every variant once, starting at a rotating offset
+                k = i % len(runners) if runners else 0
+                for runner in runners[k:] + runners[:k]:
+                    runner.times.append(timed(runner, device))
+                gc.collect()
+        else:
+            for runner in runners:
+                for _ in range(args.steps):
+                    runner.times.append(timed(runner, device))
+                    gc.collect()
+    finally:
+        gc.enable()
+        gc.unfreeze()
     if args.profile:
         for runner in runners:
             profile(runner, device, args.profile / f"{name}_{runner.name}.txt")

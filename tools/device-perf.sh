@@ -7,13 +7,16 @@ part=${1:-eager}
 M=smollm2-135m,llama-1b,mistral-7b
 case $part in
   eager)
-    V=floor,lora,curlora,curlora-xr,infer-base,infer-lora,infer-curlora,infer-curlora-xr,infer-merged,disk
-    timeout 400 python3 benchmarks/step_bench.py --device cuda --models $M --variants $V --steps 30 --warmup 5 \
-      --profile /tmp/profile --out $OUT/gpu-eager.json > $OUT/eager.log 2>&1
-    echo "eager exit $?"; tar czf $OUT/profile.tgz -C /tmp profile; grep -v "^\s*\[" $OUT/eager.log | tail -40; grep "\[" $OUT/eager.log | grep -v info
-    timeout 150 python3 benchmarks/layer_bench.py --device cuda --tokens 8192 --reps 50 \
-      --shapes 576x576,576x192,2048x2048,2048x512,4096x4096,4096x1024 > $OUT/layer.log 2>&1
-    echo "layer exit $?"; tail -32 $OUT/layer.log ;;
+    V=floor,lora,curlora,curlora-xr,infer-base,infer-curlora,infer-curlora-xr,infer-merged,disk
+    timeout 500 python3 benchmarks/step_bench.py --device cuda --models $M --variants $V --steps 30 --warmup 5 \
+      ${PROFILE:+--profile /tmp/profile} --out $OUT/gpu-eager.json > $OUT/eager.log 2>&1
+    echo "eager exit $?"; grep -v "^\s*\[" $OUT/eager.log | grep -v warm-up | tail -36; grep "\[" $OUT/eager.log | grep -v info
+    [ -n "$PROFILE" ] && tar czf $OUT/profile.tgz -C /tmp profile
+    if [ -n "$LAYER" ]; then
+      timeout 150 python3 benchmarks/layer_bench.py --device cuda --tokens 8192 --reps 50 \
+        --shapes 576x576,576x192,2048x2048,2048x512,4096x4096,4096x1024 > $OUT/layer.log 2>&1
+      echo "layer exit $?"; tail -32 $OUT/layer.log
+    fi ;;
   compile)  # CUDA graphs through inductor (mode reduce-overhead), the small model where launches dominate
     timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-smollm2-135m,llama-1b} \
       --variants floor,lora,curlora,floor-compile,lora-compile,curlora-compile --steps 30 --warmup 4 \
