@@ -169,6 +169,7 @@ class Runner:
     optimizer: torch.optim.Optimizer | None = None
     impl: str = "library"  # CURLoRALinear forward implementation (layer_variants)
     compiled: bool = False
+    cuda_graphs: bool = False  # compiled with a mode that captures CUDA graphs (reduce-overhead, max-autotune)
     info: dict[str, Any] = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
     warmup_times: list[float] = field(default_factory=list)
@@ -282,7 +283,11 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
         x.grad = None
         return loss.detach()
 
-    return Runner(name, "train", train_step, [model, head], optimizer=opt, impl=impl, compiled=compiled, info=info)
+    graphs = compiled and device.type == "cuda" and args.compile_mode in ("reduce-overhead", "max-autotune")
+    return Runner(
+        name, "train", train_step, [model, head], optimizer=opt, impl=impl, compiled=compiled, cuda_graphs=graphs,
+        info=info,
+    )
 
 
 def disk_sizes(backbone: nn.Module, rank: int) -> dict[str, Any]:
@@ -368,7 +373,11 @@ def measure_memory(runner: Runner, device: torch.device) -> None:
     if runner.kind == "train" and not runner.compiled:
         info["saved_for_backward_bytes"] = saved_for_backward_bytes(runner)
     info["resident_bytes"] = resident_bytes(*runner.modules, *([runner.optimizer] if runner.optimizer else []))
-    if device.type == "cuda":
+    if device.type == "cuda" and runner.compiled and runner.cuda_graphs:
+        # a CUDA graph allocates its whole working set once, at capture, in a private pool: a replayed step
+        # allocates nothing, so "resident + transient peak of one step" would understate it; not measured
+        info["mem_method"] = "not measured: CUDA graphs (memory held in the graph pool since capture)"
+    elif device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
@@ -461,7 +470,11 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype, variant
         log.info("%s/%s: median %.2f ms", name, runner.name, results[runner.name]["ms_median"])
     del runners, backbone, batch, emb
     gc.collect()
-    if device.type == "cuda":
+    if device.type == "cuda" and runner.compiled and runner.cuda_graphs:
+        # a CUDA graph allocates its whole working set once, at capture, in a private pool: a replayed step
+        # allocates nothing, so "resident + transient peak of one step" would understate it; not measured
+        info["mem_method"] = "not measured: CUDA graphs (memory held in the graph pool since capture)"
+    elif device.type == "cuda":
         torch.cuda.empty_cache()
     out = {"config": info, "batch": batch_size, "seq": args.seq, "build_s": build_s, "results": results}
     out["ratios"] = ratios(results)
@@ -654,7 +667,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def rerender(path: Path) -> dict[str, Any]:
     """Print the tables of a saved report, with ratios and checks recomputed from its measurements."""
     report = json.loads(path.read_text(encoding="utf-8"))
+    settings = report["settings"]
+    graphs = settings["device"].startswith("cuda") and settings.get("compile_mode") in ("reduce-overhead", "max-autotune")
     for name, m in report["models"].items():
+        for res in m["results"].values():
+            if graphs and res.get("compiled"):  # reports from before CUDA-graph peaks were left unmeasured
+                res.pop("peak_bytes", None)
         m["ratios"] = ratios(m["results"])
         m["checks"] = checks(name, m["results"], report["settings"]["device"])
     print(render(report))
