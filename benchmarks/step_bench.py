@@ -668,7 +668,8 @@ def rerender(path: Path) -> dict[str, Any]:
     """Print the tables of a saved report, with ratios and checks recomputed from its measurements."""
     report = json.loads(path.read_text(encoding="utf-8"))
     settings = report["settings"]
-    graphs = settings["device"].startswith("cuda") and settings.get("compile_mode") in ("reduce-overhead", "max-autotune")
+    graph_modes = ("reduce-overhead", "max-autotune")
+    graphs = settings["device"].startswith("cuda") and settings.get("compile_mode") in graph_modes
     for name, m in report["models"].items():
         for res in m["results"].values():
             if graphs and res.get("compiled"):  # reports from before CUDA-graph peaks were left unmeasured
