@@ -240,6 +240,9 @@ def build_trainer(
         report_to="none",
         disable_tqdm=not progress_bars,
         dataloader_num_workers=0,
+        # every adapter parameter gets a gradient in every step: DDP need not search the graph for unused ones
+        # (the Trainer would turn the search on for a PeftModel, which costs a graph traversal per step)
+        ddp_find_unused_parameters=False,
     )
     trainer = SFTTrainer(
         model=model,
