@@ -358,7 +358,13 @@ def profile(runner: Runner, device: torch.device, path: Path, steps: int = 3) ->
     averages = prof.key_averages()
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     if device.type == "cuda":
-        busy_us = sum(getattr(e, "self_device_time_total", 0) for e in averages if e.device_type.name == "CUDA")
+        # kernels only: a user annotation (e.g. "Optimizer.step#AdamW.step") also appears as a GPU-side event
+        # spanning its kernels *and the gaps between them*, which would count the same time twice
+        busy_us = sum(
+            getattr(e, "self_device_time_total", 0)
+            for e in averages
+            if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False)
+        )
         runner.info["profile_device_busy_ms"] = busy_us / 1e3 / steps
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
