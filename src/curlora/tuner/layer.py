@@ -40,17 +40,21 @@ class _FromBaseOutput(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, c, u, rows, bias_rows, alpha: float):
-        out_f, rank = c.shape
-        y2 = y.reshape(-1, out_f)
+    def compute(y, c, u, rows, bias_rows, alpha: float):
+        """The forward's math, also used directly where no gradient is needed (no autograd node to build)."""
+        y2 = y.reshape(-1, c.shape[0])
         t = y2.index_select(1, rows)
         if bias_rows is not None:
             t = t - bias_rows
         ua = (u if alpha == 1.0 else alpha * u).to(c.dtype)
-        out = torch.addmm(y2, t.mm(ua.t()), c.t())
+        return torch.addmm(y2, t.mm(ua.t()), c.t()).view(y.shape), t, ua
+
+    @staticmethod
+    def forward(ctx, y, c, u, rows, bias_rows, alpha: float):
+        out, t, ua = _FromBaseOutput.compute(y, c, u, rows, bias_rows, alpha)
         ctx.save_for_backward(t, ua, c, rows)
         ctx.alpha, ctx.u_dtype = alpha, u.dtype
-        return out.view(y.shape)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -258,7 +262,10 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         bias = self.base_layer.bias
         bias_rows = None if bias is None else bias.index_select(0, rows).to(result.dtype)
         c, u = self.curlora_C[name], self.curlora_U[name]
-        return _FromBaseOutput.apply(result, c, u, rows, bias_rows, self.curlora_alpha[name])
+        if torch.is_grad_enabled() and (result.requires_grad or u.requires_grad):
+            return _FromBaseOutput.apply(result, c, u, rows, bias_rows, self.curlora_alpha[name])
+        # inference: the same ops without a Python autograd node (its cost shows on host-bound small models)
+        return _FromBaseOutput.compute(result, c, u, rows, bias_rows, self.curlora_alpha[name])[0]
 
     def _add_from_input(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         c, r = self.curlora_C[name], self.curlora_R[name]
