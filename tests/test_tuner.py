@@ -306,3 +306,26 @@ def test_builtin_model_adapter_is_small_and_reloads(tmp_path):
     with torch.no_grad():
         got = curlora.load_adapter(fresh, tmp_path / "adapter")(ids).logits
     assert torch.equal(got, expected)
+
+
+def test_reuse_base_output_is_saved_and_an_older_config_without_it_loads(tmp_path):
+    from peft import PeftModel
+
+    from curlora.tuner.layer import CURLoRALinear
+
+    model = get_peft_model(tiny_llama(seed=3), CURLoRAConfig(r=4, reuse_base_output=False))
+    adapter = _save(model, tmp_path / "adapter")
+    cfg_path = adapter / "adapter_config.json"
+    assert json.loads(cfg_path.read_text())["reuse_base_output"] is False
+
+    def flags(folder):
+        loaded = PeftModel.from_pretrained(tiny_llama(seed=3), str(folder))
+        layers = [m for m in loaded.modules() if isinstance(m, CURLoRALinear)]
+        return {v for m in layers for v in m.curlora_reuse_base_output.values()}
+
+    assert flags(adapter) == {False}
+    # an adapter saved before the option existed: the key is absent, the default (True) applies
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["reuse_base_output"]
+    cfg_path.write_text(json.dumps(cfg))
+    assert flags(adapter) == {True}
