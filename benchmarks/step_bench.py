@@ -14,6 +14,8 @@ train (forward + backward + AdamW step):
   curlora         CURLoRA r on q/k/v, eager, the library's forward (x·Rᵀ taken from the base output).
   curlora-xr      CURLoRA with x·Rᵀ as a GEMM over x (the library's fallback path; benchmarks/layer_variants.py).
   curlora-orig    CURLoRA with the forward from before any performance pass (benchmarks/layer_variants.py).
+  curlora-reduce  CURLoRA with the rank-r products as sums over r, for inductor to fuse: use it as
+                  curlora-reduce-compile only (eager it builds tokens × out × r temporaries).
   <any>-compile   the same with torch.compile on the forward + loss (backward compiled by AOTAutograd; the
                   optimizer step stays eager). Compile time is reported separately (first warm-up call).
 inference (forward only, no grad):
@@ -73,10 +75,11 @@ DEFAULT_BATCH = {
 DEFAULT_VARIANTS = (
     "floor,floor-compile,lora,curlora,curlora-compile,infer-base,infer-lora,infer-curlora,infer-merged,disk"
 )
-TRAIN_BASES = ("floor", "lora", "lora-bf16", "curlora", "curlora-orig", "curlora-xr")
+TRAIN_BASES = ("floor", "lora", "lora-bf16", "curlora", "curlora-orig", "curlora-xr", "curlora-reduce")
 INFER_VARIANTS = ("infer-base", "infer-lora", "infer-curlora", "infer-curlora-xr", "infer-merged")
 ALL_VARIANTS = [
-    *TRAIN_BASES, "floor-compile", "lora-compile", "curlora-compile", "curlora-xr-compile", *INFER_VARIANTS, "disk"
+    *(v for v in TRAIN_BASES if v != "curlora-reduce"), "floor-compile", "lora-compile", "curlora-compile",
+    "curlora-xr-compile", "curlora-reduce-compile", *INFER_VARIANTS, "disk"
 ]  # fmt: skip
 
 log = logging.getLogger("step_bench")
@@ -256,7 +259,7 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
         t0 = time.perf_counter()
         apply_adapter(model, base, args.rank)
         info["setup_s"] = time.perf_counter() - t0
-    impl = {"curlora-orig": "orig", "curlora-xr": "xr"}.get(base, "library")
+    impl = {"curlora-orig": "orig", "curlora-xr": "xr", "curlora-reduce": "reduce"}.get(base, "library")
     _layer_variants().use(model, impl)
     torch.manual_seed(args.seed)
     head = nn.Linear(hidden, 2, device=device, dtype=torch.float32)

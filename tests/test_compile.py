@@ -4,6 +4,7 @@ GEMM) against the pre-optimisation forward (benchmarks/layer_variants.py), and w
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,10 @@ def variants():
     """benchmarks/layer_variants.py (switches layers between forward implementations)."""
     spec = importlib.util.spec_from_file_location("layer_variants", BENCHMARKS / "layer_variants.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["layer_variants"] = module  # dynamo resolves the module's autograd Functions by module name
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop("layer_variants", None)
 
 
 def _layer(kind: str, alpha: float = 1.5, seed: int = 0) -> CURLoRALinear:
@@ -225,3 +228,14 @@ def test_base_output_path_on_a_tiny_model_and_under_fullgraph_compile(variants, 
     x = torch.randn(2, 5, 32)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     _assert_same(_run(compiled, layer, x), _run_with(variants, "orig", layer, x))
+
+
+@pytest.mark.parametrize("backend", ["eager-mode", "aot_eager"])
+def test_reduce_variant_matches_the_library(variants, backend):
+    # benchmarks/layer_variants.py "reduce": the same math with the rank-r products as sums (for inductor)
+    layer = _layer("linear", alpha=1.5)
+    x = torch.randn(2, 5, 32)
+    want = _run_with(variants, "library", layer, x)
+    variants.use(layer, "reduce")
+    fn = layer if backend == "eager-mode" else torch.compile(layer, fullgraph=True, backend=backend)
+    _assert_same(_run(fn, layer, x), want)

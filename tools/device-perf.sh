@@ -19,7 +19,7 @@ case $part in
     fi ;;
   compile)  # CUDA graphs through inductor (mode reduce-overhead), the small model where launches dominate
     timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-smollm2-135m,llama-1b} \
-      --variants floor,lora,curlora,floor-compile,lora-compile,curlora-compile --steps 30 --warmup 4 \
+      --variants ${VARIANTS:-floor,lora,curlora,floor-compile,lora-compile,curlora-compile} --steps 30 --warmup 4 \
       --compile-mode reduce-overhead --out $OUT/gpu-compile-ro.json > $OUT/compile.log 2>&1
     echo "compile exit $?"; grep -v "^\s*\[" $OUT/compile.log | tail -30; grep "\[" $OUT/compile.log | grep -v info ;;
   compile-default)
