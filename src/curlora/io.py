@@ -79,3 +79,8 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def safe_name(label: str) -> str:
+    """`label` as a file or folder name: characters other than letters, digits, "-", "_" and "." become "_"."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)

@@ -37,7 +37,7 @@ from curlora.adapters import ADAPTER_WEIGHTS
 from curlora.classify import Encoded, backbone_of, batches, encode, hidden_size, new_head, pooled_hidden
 from curlora.data import Suite, load_suite, subsample_train
 from curlora.errors import CurloraError
-from curlora.io import atomic_dir, atomic_write_json
+from curlora.io import atomic_dir, atomic_write_json, safe_name
 from curlora.metrics import perplexity
 from curlora.models import parse_dtype
 from curlora.recipes.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
@@ -139,10 +139,6 @@ def _derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:7], "little")
 
 
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
 class Bench:
     def __init__(
         self,
@@ -216,7 +212,7 @@ class Bench:
         distributed.barrier(self.dist)
 
     def _stage_dir(self, spec: MethodSpec, seed: int, i: int) -> Path:
-        return self.out / "runs" / _slug(spec.label) / f"seed-{seed}" / f"stage-{i}-{self.suite.tasks[i].name}"
+        return self.out / "runs" / safe_name(spec.label) / f"seed-{seed}" / f"stage-{i}-{self.suite.tasks[i].name}"
 
     # -- data -------------------------------------------------------------------------------------------------
     def _encoded(self, seed: int) -> list[tuple[Encoded, Encoded]]:
@@ -382,7 +378,7 @@ class Bench:
             "ppl_after": None,
             "complete": False,
         }
-        done_file = self.out / "runs" / _slug(spec.label) / f"seed-{seed}" / "run.json"
+        done_file = self.out / "runs" / safe_name(spec.label) / f"seed-{seed}" / "run.json"
         if done_file.exists():
             return json.loads(done_file.read_text())
         t_start = time.perf_counter()

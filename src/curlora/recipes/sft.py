@@ -37,7 +37,7 @@ import curlora
 from curlora import distributed
 from curlora.data.squad import count_questions, load_squad, sample_questions, split_articles
 from curlora.errors import CurloraError
-from curlora.io import atomic_write_json, atomic_write_text
+from curlora.io import atomic_write_json, atomic_write_text, safe_name
 from curlora.metrics import perplexity
 from curlora.qa import DEFAULT_TEMPLATE, NO_ANSWER, PromptBuilder, QAExample, build_examples, evaluate_qa
 from curlora.recipes.bench import Reporter, environment, resolve_device
@@ -271,10 +271,6 @@ def _no_library_bars() -> None:
     except ImportError:  # reported with an install hint when the trainer is built
         return
     datasets.disable_progress_bars()
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
 def _markdown(results: dict) -> str:
@@ -527,7 +523,7 @@ class SFTRun:
         """Train one method (every rank takes part); returns the trained model, its record and whether the
         trainer sharded it (FSDP: evaluating it then needs every rank)."""
         cfg = self.config
-        run_dir = self.out / "runs" / _slug(spec.label)
+        run_dir = self.out / "runs" / safe_name(spec.label)
         model = copy.deepcopy(base)
         targets = list(cfg.target_modules or default_target_modules(getattr(base.config, "model_type", None)))
         check_rank_fits(model, spec, targets)
@@ -666,7 +662,7 @@ class SFTRun:
                 scores = self._evaluate(model, tokenizer, data["eval"], f"answering ({spec.label})")
                 predictions = scores.pop("predictions")
                 if main:
-                    atomic_write_json(self.out / f"predictions-{_slug(spec.label)}.json", predictions)
+                    atomic_write_json(self.out / f"predictions-{safe_name(spec.label)}.json", predictions)
                 if after is None:
                     after = self._perplexity(model, ppl_ids, f"perplexity ({spec.label})")
             if main:
