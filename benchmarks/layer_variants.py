@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curlora.tuner.layer import CURLoRALinear
+from curlora.tuner.layer import CURLoRALinear, _scaled_u
 
 
 class OrigCURLoRALinear(CURLoRALinear):
@@ -55,7 +55,7 @@ class _ReducedFromBaseOutput(torch.autograd.Function):
     def forward(ctx, y, c, u, rows, alpha: float):
         y2 = y.reshape(-1, c.shape[0])
         t = y2.index_select(1, rows)
-        ua = (u if alpha == 1.0 else alpha * u).to(c.dtype)
+        ua = _scaled_u(u, alpha, c.dtype)
         h = (t[:, :, None] * ua.t()[None]).sum(1)
         out = y2 + (h[:, None, :] * c[None]).sum(-1)
         ctx.save_for_backward(t, ua, c, rows)

@@ -32,6 +32,11 @@ from curlora.errors import CurloraError
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
+def _scaled_u(u: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
+    """α·U in the factors' dtype: α is folded into the r × r matrix, never applied to an activation."""
+    return (u if alpha == 1.0 else alpha * u).to(dtype)
+
+
 class _FromBaseOutput(torch.autograd.Function):
     """out = y + α·((y[..., rows] − b[rows])·Uᵀ)·Cᵀ for y = x·Wᵀ + b with R = W[rows]; gradients for y and U.
 
@@ -46,7 +51,7 @@ class _FromBaseOutput(torch.autograd.Function):
         t = y2.index_select(1, rows)
         if bias_rows is not None:
             t = t - bias_rows
-        ua = (u if alpha == 1.0 else alpha * u).to(c.dtype)
+        ua = _scaled_u(u, alpha, c.dtype)
         return torch.addmm(y2, t.mm(ua.t()), c.t()).view(y.shape), t, ua
 
     @staticmethod
@@ -132,7 +137,7 @@ class CURLoRALayer(BaseTunerLayer):
         except CurloraError as err:
             raise CurloraError(f"{layer_name or 'layer'}: {err}") from None
         self.curlora_alpha[adapter_name] = float(config.alpha)
-        self.curlora_reuse_base_output[adapter_name] = bool(getattr(config, "reuse_base_output", True))
+        self.curlora_reuse_base_output[adapter_name] = bool(config.reuse_base_output)
         self.curlora_cols[adapter_name] = selection.cols
         self.curlora_rows[adapter_name] = selection.rows
         u_dtype = _DTYPES[config.u_dtype]
@@ -250,7 +255,7 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         """Whether result[..., rows] − b[rows] is x·Rᵀ: a frozen plain Linear/Conv1D in the factors' dtype."""
         base = self.base_layer  # this class wraps its base directly (no nested tuner layers)
         return (
-            self.curlora_reuse_base_output.get(name, True)
+            self.curlora_reuse_base_output[name]
             and type(base) in (nn.Linear, Conv1D)
             and not base.weight.requires_grad
             and (base.bias is None or not base.bias.requires_grad)
@@ -269,9 +274,7 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
 
     def _add_from_input(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         c, r = self.curlora_C[name], self.curlora_R[name]
-        alpha, u = self.curlora_alpha[name], self.curlora_U[name]
-        # α is folded into the r × r matrix: no extra pass over the out-sized activation
-        u = (u if alpha == 1.0 else alpha * u).to(c.dtype)
+        u = _scaled_u(self.curlora_U[name], self.curlora_alpha[name], c.dtype)
         h = F.linear(F.linear(x.to(r.dtype), r), u)
         if result.dtype == c.dtype:
             # result + h·Cᵀ as one GEMM with the add in its epilogue (beta=1): no out-sized temporary and
