@@ -114,9 +114,10 @@ def _shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
-def barrier(info: DistInfo) -> None:
+def barrier(info: DistInfo, group=None) -> None:
+    """Wait for every rank (of `group`, default: all); a no-op for one process."""
     if info.enabled:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=group)
 
 
 # -- data -----------------------------------------------------------------------------------------------------
@@ -177,9 +178,9 @@ def average_grads_(params: Sequence[nn.Parameter], info: DistInfo) -> None:
             offset += g.numel()
 
 
-def sum_over_ranks_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+def sum_over_ranks_(t: torch.Tensor, info: DistInfo, group=None) -> torch.Tensor:
     if info.enabled:
-        torch.distributed.all_reduce(t)
+        torch.distributed.all_reduce(t, group=group)
     return t
 
 

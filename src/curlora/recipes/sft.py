@@ -367,15 +367,11 @@ class SFTRun:
     # -- several processes -------------------------------------------------------------------------------------
     def _wait(self) -> None:
         """Every rank waits here until all have arrived (e.g. while rank 0 evaluates); a no-op for one process."""
-        if self.dist.enabled:
-            torch.distributed.barrier(group=self._group)
+        distributed.barrier(self.dist, group=self._group)
 
     def _mean_over_ranks(self, value: float) -> float:
-        if not self.dist.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(t, group=self._group)
-        return t.item() / self.dist.world_size
+        total = distributed.sum_over_ranks_(torch.tensor([value], dtype=torch.float64), self.dist, group=self._group)
+        return total.item() / self.dist.world_size
 
     def _from_rank0(self, obj: Any) -> Any:
         if not self.dist.enabled:
