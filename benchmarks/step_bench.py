@@ -65,6 +65,7 @@ from torch import nn
 from curlora.testing import ARCHITECTURES, architecture_config, random_init_
 
 SCHEMA = "curlora-step-bench/1"
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj"]
 
 MODELS = ARCHITECTURES  # the benchmarked architectures (curlora.testing)
@@ -172,7 +173,7 @@ class Runner:
     optimizer: torch.optim.Optimizer | None = None
     impl: str = "library"  # CURLoRALinear forward implementation (layer_variants)
     compiled: bool = False
-    cuda_graphs: bool = False  # compiled with a mode that captures CUDA graphs (reduce-overhead, max-autotune)
+    cuda_graphs: bool = False  # compiled with one of CUDA_GRAPH_MODES
     info: dict[str, Any] = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
     warmup_times: list[float] = field(default_factory=list)
@@ -286,7 +287,7 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
         x.grad = None
         return loss.detach()
 
-    graphs = compiled and device.type == "cuda" and args.compile_mode in ("reduce-overhead", "max-autotune")
+    graphs = compiled and device.type == "cuda" and args.compile_mode in CUDA_GRAPH_MODES
     return Runner(
         name, "train", train_step, [model, head], optimizer=opt, impl=impl, compiled=compiled, cuda_graphs=graphs,
         info=info,
@@ -677,8 +678,7 @@ def rerender(path: Path) -> dict[str, Any]:
     """Print the tables of a saved report, with ratios and checks recomputed from its measurements."""
     report = json.loads(path.read_text(encoding="utf-8"))
     settings = report["settings"]
-    graph_modes = ("reduce-overhead", "max-autotune")
-    graphs = settings["device"].startswith("cuda") and settings.get("compile_mode") in graph_modes
+    graphs = settings["device"].startswith("cuda") and settings.get("compile_mode") in CUDA_GRAPH_MODES
     for name, m in report["models"].items():
         for res in m["results"].values():
             if graphs and res.get("compiled"):  # reports from before CUDA-graph peaks were left unmeasured
