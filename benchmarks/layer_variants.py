@@ -7,6 +7,8 @@ They all compute y = base(x) + α·((x·Rᵀ)·Uᵀ)·Cᵀ; they differ only in 
 
 - ``library``: whatever `curlora.tuner.layer.CURLoRALinear.forward` does now (x·Rᵀ taken from the base output
   where that is exact, see the module docstring of `curlora.tuner.layer`).
+- ``torch``: the library's base-output path as torch ops, never the Triton kernels of
+  `curlora.tuner.kernels` (what the library ran on CUDA before those kernels).
 - ``xr``: the library's x·Rᵀ path everywhere (a GEMM over x, the result added by one addmm): the forward of
   the first performance pass, before x·Rᵀ was taken from the base output.
 - ``orig``: the forward before any performance pass: three `F.linear` calls, then a separate
@@ -80,6 +82,11 @@ class ReduceCURLoRALinear(CURLoRALinear):
         return _ReducedFromBaseOutput.apply(result, c, u, rows, self.curlora_alpha[name])
 
 
+class TorchOpsCURLoRALinear(CURLoRALinear):
+    def _fused_kernels(self, result: torch.Tensor, rank: int) -> bool:
+        return False
+
+
 class XRCURLoRALinear(CURLoRALinear):
     def _can_reuse_base_output(self, name: str, result: torch.Tensor) -> bool:
         return False
@@ -88,6 +95,7 @@ class XRCURLoRALinear(CURLoRALinear):
 CLASSES: dict[str, type[CURLoRALinear]] = {
     "library": CURLoRALinear,
     "orig": OrigCURLoRALinear,
+    "torch": TorchOpsCURLoRALinear,
     "xr": XRCURLoRALinear,
     "reduce": ReduceCURLoRALinear,
 }

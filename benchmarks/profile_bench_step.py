@@ -27,8 +27,9 @@ torch.manual_seed(0)
 base = LlamaForCausalLM(cfg).to(dev, dtype).eval().requires_grad_(False)
 g = torch.Generator().manual_seed(0)
 lengths = torch.randint(10, 80, (1000,), generator=g).tolist()
-data = Encoded(ids=[torch.randint(5, 49000, (n,), generator=g).tolist() for n in lengths],
-               labels=[i % 2 for i in range(1000)])
+data = Encoded(
+    ids=[torch.randint(5, 49000, (n,), generator=g).tolist() for n in lengths], labels=[i % 2 for i in range(1000)]
+)
 
 
 def step_loop(model, autocast, n):

@@ -11,7 +11,9 @@ train (forward + backward + AdamW step):
                   gradients); only the head trains. No adapter can be cheaper than this.
   lora            PEFT LoRA r on q/k/v (PEFT defaults: adapter weights in float32).
   lora-bf16       PEFT LoRA with autocast_adapter_dtype=False (adapter weights in the model's dtype).
-  curlora         CURLoRA r on q/k/v, eager, the library's forward (x·Rᵀ taken from the base output).
+  curlora         CURLoRA r on q/k/v, eager, the library's forward (x·Rᵀ taken from the base output; on CUDA
+                  with Triton installed, as the fused kernels of curlora/tuner/kernels.py).
+  curlora-torch   the library's base-output path as torch ops (no Triton kernels): the path before the kernels.
   curlora-xr      CURLoRA with x·Rᵀ as a GEMM over x (the library's fallback path; benchmarks/layer_variants.py).
   curlora-orig    CURLoRA with the forward from before any performance pass (benchmarks/layer_variants.py).
   curlora-reduce  CURLoRA with the rank-r products as sums over r, for inductor to fuse: use it as
@@ -19,7 +21,8 @@ train (forward + backward + AdamW step):
   <any>-compile   the same with torch.compile on the forward + loss (backward compiled by AOTAutograd; the
                   optimizer step stays eager). Compile time is reported separately (first warm-up call).
 inference (forward only, no grad):
-  infer-base, infer-lora, infer-curlora, infer-curlora-xr, infer-merged (CURLoRA after merge_and_unload)
+  infer-base, infer-lora, infer-curlora, infer-curlora-torch, infer-curlora-xr,
+  infer-merged (CURLoRA after merge_and_unload)
 other:
   disk            save_pretrained of LoRA and CURLoRA adapters; adapter_model.safetensors sizes and ratio.
 
@@ -76,11 +79,15 @@ DEFAULT_BATCH = {
 DEFAULT_VARIANTS = (
     "floor,floor-compile,lora,curlora,curlora-compile,infer-base,infer-lora,infer-curlora,infer-merged,disk"
 )
-TRAIN_BASES = ("floor", "lora", "lora-bf16", "curlora", "curlora-orig", "curlora-xr", "curlora-reduce")
-INFER_VARIANTS = ("infer-base", "infer-lora", "infer-curlora", "infer-curlora-xr", "infer-merged")
+TRAIN_BASES = (
+    "floor", "lora", "lora-bf16", "curlora", "curlora-torch", "curlora-orig", "curlora-xr", "curlora-reduce"
+)  # fmt: skip
+INFER_VARIANTS = (
+    "infer-base", "infer-lora", "infer-curlora", "infer-curlora-torch", "infer-curlora-xr", "infer-merged"
+)  # fmt: skip
 ALL_VARIANTS = [
     *(v for v in TRAIN_BASES if v != "curlora-reduce"), "floor-compile", "lora-compile", "curlora-compile",
-    "curlora-xr-compile", "curlora-reduce-compile", *INFER_VARIANTS, "disk"
+    "curlora-torch-compile", "curlora-xr-compile", "curlora-reduce-compile", *INFER_VARIANTS, "disk"
 ]  # fmt: skip
 
 log = logging.getLogger("step_bench")
@@ -232,7 +239,7 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
     info: dict[str, Any] = {}
 
     if name in INFER_VARIANTS:
-        impl = "xr" if name == "infer-curlora-xr" else "library"
+        impl = {"infer-curlora-xr": "xr", "infer-curlora-torch": "torch"}.get(name, "library")
         # merging writes into the adapted weights: that variant gets its own copy of them
         model = share_copy(backbone, own=(lambda n: name == "infer-merged" and any(t in n for t in TARGET_MODULES)))
         if name != "infer-base":
@@ -260,7 +267,9 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
         t0 = time.perf_counter()
         apply_adapter(model, base, args.rank)
         info["setup_s"] = time.perf_counter() - t0
-    impl = {"curlora-orig": "orig", "curlora-xr": "xr", "curlora-reduce": "reduce"}.get(base, "library")
+    impl = {"curlora-orig": "orig", "curlora-xr": "xr", "curlora-reduce": "reduce", "curlora-torch": "torch"}.get(
+        base, "library"
+    )
     _layer_variants().use(model, impl)
     torch.manual_seed(args.seed)
     head = nn.Linear(hidden, 2, device=device, dtype=torch.float32)
@@ -289,7 +298,14 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
 
     graphs = compiled and device.type == "cuda" and args.compile_mode in CUDA_GRAPH_MODES
     return Runner(
-        name, "train", train_step, [model, head], optimizer=opt, impl=impl, compiled=compiled, cuda_graphs=graphs,
+        name,
+        "train",
+        train_step,
+        [model, head],
+        optimizer=opt,
+        impl=impl,
+        compiled=compiled,
+        cuda_graphs=graphs,
         info=info,
     )
 

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Issue-6 measurements on one GPU (no model weights needed: the benchmarks build random-init models).
-# usage: bash tools/device-perf.sh eager|compile|compile-default   (writes JSON and logs under $OUT)
+# usage: bash tools/device-perf.sh check|eager|compile|compile-default   (writes JSON and logs under $OUT)
 source tools/device-setup.sh
 nvidia-smi --query-gpu=name --format=csv,noheader
 part=${1:-eager}
 M=smollm2-135m,llama-1b,mistral-7b
 case $part in
+  check)  # the Triton kernels on this GPU (tests), then one layer at the q/k/v shapes, torch ops vs kernels
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_compile.py 2>&1 | tail -15
+    timeout 200 python3 benchmarks/layer_bench.py --device cuda --tokens ${TOKENS:-4096} --reps 50 \
+      --variants lora,torch,library --shapes 576x576,576x192,2048x2048,2048x512,4096x4096,4096x1024 \
+      > $OUT/layer.log 2>&1
+    echo "layer exit $?"; tail -20 $OUT/layer.log ;;
   eager)
-    V=floor,lora,curlora,curlora-xr,infer-base,infer-curlora,infer-curlora-xr,infer-merged,disk
-    timeout 500 python3 benchmarks/step_bench.py --device cuda --models $M --variants $V --steps 30 --warmup 5 \
+    V=${VARIANTS:-floor,lora,curlora,curlora-torch,infer-base,infer-curlora,infer-curlora-torch,infer-merged,disk}
+    timeout 500 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-$M} --variants $V --steps 30 --warmup 5 \
       ${PROFILE:+--profile /tmp/profile} --out $OUT/gpu-eager.json > $OUT/eager.log 2>&1
     echo "eager exit $?"; grep -v "^\s*\[" $OUT/eager.log | grep -v warm-up | tail -36; grep "\[" $OUT/eager.log | grep -v info
     [ -n "$PROFILE" ] && tar czf $OUT/profile.tgz -C /tmp profile
@@ -19,7 +26,7 @@ case $part in
     fi ;;
   compile)  # CUDA graphs through inductor (mode reduce-overhead), the small model where launches dominate
     timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-smollm2-135m,llama-1b} \
-      --variants ${VARIANTS:-floor,lora,curlora,floor-compile,lora-compile,curlora-compile} --steps 30 --warmup 4 \
+      --variants ${VARIANTS:-floor-compile,lora-compile,curlora-compile,curlora-torch-compile} --steps 30 --warmup 4 \
       --compile-mode reduce-overhead --out $OUT/gpu-compile-ro.json > $OUT/compile.log 2>&1
     echo "compile exit $?"; grep -v "^\s*\[" $OUT/compile.log | tail -30; grep "\[" $OUT/compile.log | grep -v info ;;
   compile-default)

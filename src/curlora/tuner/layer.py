@@ -28,6 +28,7 @@ from transformers.pytorch_utils import Conv1D
 
 from curlora import cur
 from curlora.errors import CurloraError
+from curlora.tuner import kernels
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -41,39 +42,49 @@ class _FromBaseOutput(torch.autograd.Function):
     """out = y + α·((y[..., rows] − b[rows])·Uᵀ)·Cᵀ for y = x·Wᵀ + b with R = W[rows]; gradients for y and U.
 
     The gradient for y is g + scatter(rows, α·(g·C)·U): one copy of the out-sized gradient with r columns
-    updated, instead of the in-sized (g·C·αU)·R that the x·Rᵀ formulation sends back to x.
+    updated, instead of the in-sized (g·C·αU)·R that the x·Rᵀ formulation sends back to x. With `fused`, the
+    same math runs as the Triton kernels of `curlora.tuner.kernels` (CUDA), else as torch ops.
     """
 
     @staticmethod
-    def compute(y, c, u, rows, bias_rows, alpha: float):
-        """The forward's math, also used directly where no gradient is needed (no autograd node to build)."""
+    def compute(y, c, u, rows, bias_rows, alpha: float, fused: bool):
+        """(out, t) with t = y[..., rows] − b[rows]; also used directly where no gradient is needed."""
         y2 = y.reshape(-1, c.shape[0])
+        if fused:
+            out, t = kernels.forward(y2, c, u, rows, bias_rows, alpha)
+            return out.view(y.shape), t
         t = y2.index_select(1, rows)
         if bias_rows is not None:
             t = t - bias_rows
         ua = _scaled_u(u, alpha, c.dtype)
-        return torch.addmm(y2, t.mm(ua.t()), c.t()).view(y.shape), t, ua
+        return torch.addmm(y2, t.mm(ua.t()), c.t()).view(y.shape), t
 
     @staticmethod
-    def forward(ctx, y, c, u, rows, bias_rows, alpha: float):
-        out, t, ua = _FromBaseOutput.compute(y, c, u, rows, bias_rows, alpha)
-        ctx.save_for_backward(t, ua, c, rows)
-        ctx.alpha, ctx.u_dtype = alpha, u.dtype
+    def forward(ctx, y, c, u, rows, bias_rows, alpha: float, fused: bool):
+        out, t = _FromBaseOutput.compute(y, c, u, rows, bias_rows, alpha, fused)
+        ctx.save_for_backward(t, u, c, rows)
+        ctx.alpha, ctx.fused = alpha, fused
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        t, ua, c, rows = ctx.saved_tensors
+        t, u, c, rows = ctx.saved_tensors
         g2 = grad_out.reshape(-1, c.shape[0])
+        need_y, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        if ctx.fused:
+            grad_y, grad_u = kernels.backward(g2, t, c, u, rows, ctx.alpha, need_grad_y=need_y)
+            grad_y = None if grad_y is None else grad_y.view(grad_out.shape)
+            return grad_y, None, grad_u.to(u.dtype) if need_u else None, None, None, None, None
         gh = g2.mm(c)
         grad_y = grad_u = None
-        if ctx.needs_input_grad[2]:
-            grad_u = gh.t().mm(t).to(ctx.u_dtype)
+        if need_u:
+            grad_u = gh.t().mm(t).to(u.dtype)
             if ctx.alpha != 1.0:
                 grad_u = grad_u * ctx.alpha
-        if ctx.needs_input_grad[0]:
+        if need_y:
+            ua = _scaled_u(u, ctx.alpha, c.dtype)
             grad_y = g2.index_add(1, rows, gh.mm(ua)).view(grad_out.shape)
-        return grad_y, None, grad_u, None, None, None
+        return grad_y, None, grad_u, None, None, None, None
 
 
 class CURLoRALayer(BaseTunerLayer):
@@ -266,11 +277,16 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         rows = self.curlora_rows[name]
         bias = self.base_layer.bias
         bias_rows = None if bias is None else bias.index_select(0, rows).to(result.dtype)
-        c, u = self.curlora_C[name], self.curlora_U[name]
+        c, u, alpha = self.curlora_C[name], self.curlora_U[name], self.curlora_alpha[name]
+        fused = self._fused_kernels(result, c.shape[1])
         if torch.is_grad_enabled() and (result.requires_grad or u.requires_grad):
-            return _FromBaseOutput.apply(result, c, u, rows, bias_rows, self.curlora_alpha[name])
+            return _FromBaseOutput.apply(result, c, u, rows, bias_rows, alpha, fused)
         # inference: the same ops without a Python autograd node (its cost shows on host-bound small models)
-        return _FromBaseOutput.compute(result, c, u, rows, bias_rows, self.curlora_alpha[name])[0]
+        return _FromBaseOutput.compute(result, c, u, rows, bias_rows, alpha, fused)[0]
+
+    def _fused_kernels(self, result: torch.Tensor, rank: int) -> bool:
+        """Whether the base-output path runs as Triton kernels (CUDA with Triton installed) or as torch ops."""
+        return kernels.usable(result, rank)
 
     def _add_from_input(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         c, r = self.curlora_C[name], self.curlora_R[name]

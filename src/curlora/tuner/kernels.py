@@ -1,0 +1,199 @@
+"""Fused Triton kernels for the CURLoRA layer's base-output path (`layer._FromBaseOutput`), used on CUDA.
+
+The torch formulation costs about nine small kernels per adapted projection and step (a gather, the r × r
+products, a skinny GEMM with the add in its epilogue; in backward g·C, two r × r products, a copy of the
+gradient and a scatter). On a GPU those launches, not the bytes, are the adapter's cost. Here the same math is
+three kernels and one tiny reduction:
+
+- forward  `out = y + h·Cᵀ` with `h = (y[:, rows] − b[rows])·(αU)ᵀ`, tile by tile; each tile recomputes its rows'
+  h (r gathered values and an r × r product, cheap next to the tile), α·U is formed in the kernel;
+- backward, per block of rows: `gh = g·C` (a reduction over the output width), `d = gh·(αU)` and this block's
+  share of the gradient for U, `ghᵀ·t`, written as partial sums (no atomics, so results are deterministic);
+- backward, tile by tile: `grad_y = g + d·S` with S the r × out one-hot of `rows`, so repeated rows add up.
+
+Rounding follows the torch path where it rounds (h and g·C to the activation dtype before the next product)
+and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
+never TF32. `TRITON_INTERPRET=1` runs the kernels on CPU tensors, which is how the tests check them without a
+GPU. Set `CURLORA_TRITON=0` to use the torch ops everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the torch formulation is used
+    triton = None
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_MAX_RANK = 64  # a block of r × r fp32 values per program; larger ranks use the torch ops
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def usable(y: torch.Tensor, rank: int) -> bool:
+    """Whether the fused kernels run for this activation: Triton present, a CUDA tensor (or the interpreter)."""
+    if triton is None or os.environ.get("CURLORA_TRITON", "1") == "0":
+        return False
+    if y.dtype not in _DTYPES or not 0 < rank <= _MAX_RANK:
+        return False
+    if y.is_cuda:
+        return True
+    # the interpreter runs eagerly on CPU tensors; inside torch.compile a CPU graph has no Triton to call
+    return _INTERPRET and y.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _rank_block(rank: int) -> int:
+    return max(16, triton.next_power_of_2(rank))  # tl.dot needs every dimension ≥ 16
+
+
+def _precision(x: torch.Tensor) -> str:
+    """fp32 activations get IEEE fp32 dots (as torch's default matmul), never TF32; half types use tensor cores."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _row_block(tokens: int) -> int:
+    """Rows per program of the backward reduction: enough programs to fill a GPU's SMs on small batches."""
+    return 16 if tokens <= 4096 else 32
+
+
+if triton is not None:
+
+    @triton.jit
+    def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """tl.dot with fp32 accumulation; UPCAST (interpreter only, whose half-precision dot is broken) multiplies
+        the same half-precision values in fp32."""
+        if UPCAST:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
+    def _forward_kernel(
+        y_ptr, c_ptr, u_ptr, rows_ptr, bias_ptr, out_ptr, t_ptr, T, N, R, alpha,
+        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        dtype = out_ptr.dtype.element_ty
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        offs_r = tl.arange(0, RP)
+        mask_m = offs_m < T
+        mask_n = offs_n < N
+        mask_r = offs_r < R
+        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=0)
+        mask_mr = mask_m[:, None] & mask_r[None, :]
+        t = tl.load(y_ptr + offs_m[:, None] * N + rows[None, :], mask=mask_mr, other=0.0)
+        if HAS_BIAS:
+            b = tl.load(bias_ptr + offs_r, mask=mask_r, other=0.0)
+            t = (t.to(tl.float32) - b.to(tl.float32)[None, :]).to(dtype)
+        if pid_n == 0:
+            tl.store(t_ptr + offs_m[:, None] * R + offs_r[None, :], t, mask=mask_mr)
+        u = tl.load(u_ptr + offs_r[:, None] * R + offs_r[None, :], mask=mask_r[:, None] & mask_r[None, :], other=0.0)
+        ua = (u.to(tl.float32) * alpha).to(dtype)
+        h = _dot(t, tl.trans(ua), PRECISION, UPCAST).to(dtype)  # h[i, m] = Σ_k t[i, k]·αU[m, k]
+        c = tl.load(c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0)
+        delta = _dot(h, tl.trans(c), PRECISION, UPCAST)
+        mask_mn = mask_m[:, None] & mask_n[None, :]
+        tile = offs_m[:, None] * N + offs_n[None, :]
+        y = tl.load(y_ptr + tile, mask=mask_mn, other=0.0)
+        tl.store(out_ptr + tile, (y.to(tl.float32) + delta).to(dtype), mask=mask_mn)
+
+    @triton.jit
+    def _backward_reduce_kernel(
+        g_ptr, c_ptr, u_ptr, t_ptr, d_ptr, gu_ptr, T, N, R, alpha,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        dtype = g_ptr.dtype.element_ty
+        offs_m = pid * BM + tl.arange(0, BM)
+        offs_r = tl.arange(0, RP)
+        mask_m = offs_m < T
+        mask_r = offs_r < R
+        acc = tl.zeros((BM, RP), dtype=tl.float32)
+        for n0 in range(0, N, BN):
+            offs_n = n0 + tl.arange(0, BN)
+            mask_n = offs_n < N
+            g_tile = offs_m[:, None] * N + offs_n[None, :]
+            g = tl.load(g_ptr + g_tile, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+            c_tile = offs_n[:, None] * R + offs_r[None, :]
+            c = tl.load(c_ptr + c_tile, mask=mask_n[:, None] & mask_r[None, :], other=0.0)
+            acc += _dot(g, c, PRECISION, UPCAST)
+        gh = acc.to(dtype)  # g·C, rounded like the torch path's GEMM output
+        mask_rr = mask_r[:, None] & mask_r[None, :]
+        u = tl.load(u_ptr + offs_r[:, None] * R + offs_r[None, :], mask=mask_rr, other=0.0)
+        ua = (u.to(tl.float32) * alpha).to(dtype)
+        d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
+        mask_mr = mask_m[:, None] & mask_r[None, :]
+        tl.store(d_ptr + offs_m[:, None] * RP + offs_r[None, :], d, mask=mask_mr)
+        t = tl.load(t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_mr, other=0.0)
+        gu = _dot(tl.trans(gh), t, PRECISION, UPCAST) * alpha  # this block's Σ_i gh[i, m]·t[i, k]
+        tl.store(gu_ptr + pid * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
+
+    @triton.jit
+    def _backward_scatter_kernel(
+        g_ptr, d_ptr, rows_ptr, out_ptr, T, N, R,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        dtype = out_ptr.dtype.element_ty
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        offs_r = tl.arange(0, RP)
+        mask_m = offs_m < T
+        mask_n = offs_n < N
+        rows = tl.load(rows_ptr + offs_r, mask=offs_r < R, other=-1)
+        onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); a repeated row adds twice
+        d = tl.load(d_ptr + offs_m[:, None] * RP + offs_r[None, :], mask=mask_m[:, None], other=0.0)
+        mask_mn = mask_m[:, None] & mask_n[None, :]
+        tile = offs_m[:, None] * N + offs_n[None, :]
+        g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
+        scattered = tl.dot(d, onehot, input_precision="ieee")
+        tl.store(out_ptr + tile, (g.to(tl.float32) + scattered).to(dtype), mask=mask_mn)
+
+
+_TILE_M, _TILE_N = 64, 64
+
+
+def forward(y2, c, u, rows, bias_rows, alpha: float):
+    """(out, t) for y2 (T × N): out = y2 + ((y2[:, rows] − b[rows])·(αU)ᵀ)·Cᵀ and t = y2[:, rows] − b[rows]."""
+    y2, c, u = y2.contiguous(), c.contiguous(), u.contiguous()
+    tokens, width = y2.shape
+    rank = c.shape[1]
+    out = torch.empty_like(y2)
+    t = torch.empty(tokens, rank, device=y2.device, dtype=y2.dtype)
+    grid = (triton.cdiv(tokens, _TILE_M), triton.cdiv(width, _TILE_N))
+    _forward_kernel[grid](
+        y2, c, u, rows, y2 if bias_rows is None else bias_rows, out, t, tokens, width, rank, float(alpha),
+        HAS_BIAS=bias_rows is not None, PRECISION=_precision(y2), UPCAST=_INTERPRET,
+        BM=_TILE_M, BN=_TILE_N, RP=_rank_block(rank),
+    )  # fmt: skip
+    return out, t
+
+
+def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
+    """(grad_y or None, grad_u in fp32) for the output gradient g2 (T × N) of `forward`."""
+    g2, c, u = g2.contiguous(), c.contiguous(), u.contiguous()
+    tokens, width = g2.shape
+    rank = c.shape[1]
+    rank_block = _rank_block(rank)
+    block_m = _row_block(tokens)
+    programs = triton.cdiv(tokens, block_m)
+    d = torch.empty(tokens, rank_block, device=g2.device, dtype=torch.float32)
+    partial_gu = torch.empty(programs, rank_block, rank_block, device=g2.device, dtype=torch.float32)
+    _backward_reduce_kernel[(programs,)](
+        g2, c, u, t, d, partial_gu, tokens, width, rank, float(alpha),
+        PRECISION=_precision(g2), UPCAST=_INTERPRET, BM=block_m, BN=128, RP=rank_block,
+    )  # fmt: skip
+    grad_u = partial_gu.sum(0)[:rank, :rank]
+    if not need_grad_y:
+        return None, grad_u
+    grad_y = torch.empty_like(g2)
+    grid = (triton.cdiv(tokens, _TILE_M), triton.cdiv(width, _TILE_N))
+    _backward_scatter_kernel[grid](g2, d, rows, grad_y, tokens, width, rank, BM=_TILE_M, BN=_TILE_N, RP=rank_block)
+    return grad_y, grad_u
