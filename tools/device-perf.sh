@@ -8,14 +8,14 @@ M=smollm2-135m,llama-1b,mistral-7b
 case $part in
   check)  # the Triton kernels on this GPU (tests), then one layer at the q/k/v shapes, torch ops vs kernels
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-    python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_compile.py 2>&1 | tail -15
-    timeout 200 python3 benchmarks/layer_bench.py --device cuda --tokens ${TOKENS:-4096} --reps 50 \
+    python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py ${TESTS:-} 2>&1 | tail -15
+    [ -n "$LAYER" ] && timeout 200 python3 benchmarks/layer_bench.py --device cuda --tokens ${TOKENS:-4096} --reps 50 \
       --variants lora,torch,library --shapes 576x576,576x192,2048x2048,2048x512,4096x4096,4096x1024 \
       > $OUT/layer.log 2>&1
-    echo "layer exit $?"; tail -20 $OUT/layer.log ;;
+    [ -n "$LAYER" ] && tail -20 $OUT/layer.log ;;
   eager)
     V=${VARIANTS:-floor,lora,curlora,curlora-torch,infer-base,infer-curlora,infer-curlora-torch,infer-merged,disk}
-    timeout 500 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-$M} --variants $V --steps 30 --warmup 5 \
+    timeout ${LIMIT:-500} python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-$M} --variants $V --steps 30 --warmup 5 \
       ${PROFILE:+--profile /tmp/profile} --out $OUT/gpu-eager.json > $OUT/eager.log 2>&1
     echo "eager exit $?"; grep -v "^\s*\[" $OUT/eager.log | grep -v warm-up | tail -36; grep "\[" $OUT/eager.log | grep -v info
     [ -n "$PROFILE" ] && tar czf $OUT/profile.tgz -C /tmp profile

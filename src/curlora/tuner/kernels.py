@@ -149,7 +149,10 @@ if triton is not None:
         mask_n = offs_n < N
         rows = tl.load(rows_ptr + offs_r, mask=offs_r < R, other=-1)
         onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); a repeated row adds twice
-        d = tl.load(d_ptr + offs_m[:, None] * RP + offs_r[None, :], mask=mask_m[:, None], other=0.0)
+        # d's padding columns (r..RP) are never written: masked here, or NaN garbage times 0 would poison the dot
+        d = tl.load(
+            d_ptr + offs_m[:, None] * RP + offs_r[None, :], mask=mask_m[:, None] & (offs_r < R)[None, :], other=0.0
+        )
         mask_mn = mask_m[:, None] & mask_n[None, :]
         tile = offs_m[:, None] * N + offs_n[None, :]
         g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
