@@ -83,7 +83,7 @@ def test_fused_kernels_match_reference_in_interpreter():
         "import sys, torch, test_kernels; torch.use_deterministic_algorithms(True); "
         "f = test_kernels.check_kernels('cpu'); print(*f, sep='\\n'); sys.exit(bool(f))"
     )
-    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": os.path.dirname(__file__)}
+    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
 

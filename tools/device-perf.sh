@@ -26,9 +26,11 @@ case $part in
     fi ;;
   compile)  # CUDA graphs through inductor (mode reduce-overhead), the small model where launches dominate
     timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-smollm2-135m,llama-1b} \
-      --variants ${VARIANTS:-floor-compile,lora-compile,curlora-compile,curlora-torch-compile} --steps 30 --warmup 4 \
-      --compile-mode reduce-overhead --out $OUT/gpu-compile-ro.json > $OUT/compile.log 2>&1
-    echo "compile exit $?"; grep -v "^\s*\[" $OUT/compile.log | tail -30; grep "\[" $OUT/compile.log | grep -v info ;;
+      --variants ${VARIANTS:-floor-compile,lora-compile,curlora-compile,curlora-torch-compile} --steps ${STEPS:-30} --warmup 4 \
+      --compile-mode reduce-overhead ${PROFILE:+--profile /tmp/profile} ${EXTRA:-} --out $OUT/gpu-compile-ro.json \
+      > $OUT/compile.log 2>&1
+    echo "compile exit $?"; grep -v "^\s*\[" $OUT/compile.log | tail -30; grep "\[" $OUT/compile.log | grep -v info
+    [ -n "$PROFILE" ] && tar czf $OUT/profile.tgz -C /tmp profile ;;
   compile-default)
     timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-mistral-7b} \
       --variants floor,lora,curlora,floor-compile,lora-compile,curlora-compile --steps 20 --warmup 3 \
