@@ -3,13 +3,15 @@
 The torch formulation costs about nine small kernels per adapted projection and step (a gather, the r × r
 products, a skinny GEMM with the add in its epilogue; in backward g·C, two r × r products, a copy of the
 gradient and a scatter). On a GPU those launches, not the bytes, are the adapter's cost. Here the same math is
-three kernels and one tiny reduction:
+one kernel each way and one tiny reduction:
 
-- forward  `out = y + h·Cᵀ` with `h = (y[:, rows] − b[rows])·(αU)ᵀ`, tile by tile; each tile recomputes its rows'
-  h (r gathered values and an r × r product, cheap next to the tile), α·U is formed in the kernel;
-- backward, per block of rows: `gh = g·C` (a reduction over the output width), `d = gh·(αU)` and this block's
-  share of the gradient for U, `ghᵀ·t`, written as partial sums (no atomics, so results are deterministic);
-- backward, tile by tile: `grad_y = g + d·S` with S the r × out one-hot of `rows`, so repeated rows add up.
+- forward, per block of rows and a share of the columns: `h = (y[:, rows] − b[rows])·(αU)ᵀ` once (r gathered
+  values per row: uncoalesced loads, so they are amortised over the columns), then `out = y + h·Cᵀ` tile by tile;
+  α·U is formed in the kernel;
+- backward, per block of rows: `gh = g·C` (a reduction over the output width), `d = gh·(αU)`, this block's share
+  of the gradient for U, `ghᵀ·t`, written as partial sums (no atomics: deterministic), then a second pass over
+  the same rows (from L2) writing `grad_y = g + d·S`, S the r × out one-hot of `rows` (repeated rows add up);
+  the partial sums for U are added by one small torch reduction.
 
 Rounding follows the torch path where it rounds (h and g·C to the activation dtype before the next product)
 and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
@@ -55,9 +57,15 @@ def _precision(x: torch.Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
-def _row_block(tokens: int) -> int:
-    """Rows per program of the backward reduction: enough programs to fill a GPU's SMs on small batches."""
-    return 16 if tokens <= 4096 else 32
+_FORWARD_ROWS, _BACKWARD_ROWS, _TILE_N = 32, 16, 64
+_PROGRAMS_PER_SM = 4
+
+
+def _column_splits(tokens: int, width: int, device: torch.device) -> int:
+    """Forward programs per block of rows: the fewest that still give every SM a few programs."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    row_programs = triton.cdiv(tokens, _FORWARD_ROWS)
+    return max(1, min(triton.cdiv(width, _TILE_N), triton.cdiv(_PROGRAMS_PER_SM * sms, row_programs)))
 
 
 if triton is not None:
@@ -71,8 +79,14 @@ if triton is not None:
         return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
+    def _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype):
+        """α·U (RP × RP, zero padded) in the activation dtype, as the torch path's `_scaled_u`."""
+        u = tl.load(u_ptr + offs_r[:, None] * R + offs_r[None, :], mask=mask_r[:, None] & mask_r[None, :], other=0.0)
+        return (u.to(tl.float32) * alpha).to(dtype)
+
+    @triton.jit
     def _forward_kernel(
-        y_ptr, c_ptr, u_ptr, rows_ptr, bias_ptr, out_ptr, t_ptr, T, N, R, alpha,
+        y_ptr, c_ptr, u_ptr, rows_ptr, bias_ptr, out_ptr, t_ptr, T, N, R, alpha, cols_per_program,
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
@@ -80,33 +94,37 @@ if triton is not None:
         pid_n = tl.program_id(1)
         dtype = out_ptr.dtype.element_ty
         offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_n = pid_n * BN + tl.arange(0, BN)
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
-        mask_n = offs_n < N
         mask_r = offs_r < R
-        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=0)
         mask_mr = mask_m[:, None] & mask_r[None, :]
+        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=0)
         t = tl.load(y_ptr + offs_m[:, None] * N + rows[None, :], mask=mask_mr, other=0.0)
         if HAS_BIAS:
             b = tl.load(bias_ptr + offs_r, mask=mask_r, other=0.0)
             t = (t.to(tl.float32) - b.to(tl.float32)[None, :]).to(dtype)
         if pid_n == 0:
             tl.store(t_ptr + offs_m[:, None] * R + offs_r[None, :], t, mask=mask_mr)
-        u = tl.load(u_ptr + offs_r[:, None] * R + offs_r[None, :], mask=mask_r[:, None] & mask_r[None, :], other=0.0)
-        ua = (u.to(tl.float32) * alpha).to(dtype)
-        h = _dot(t, tl.trans(ua), PRECISION, UPCAST).to(dtype)  # h[i, m] = Σ_k t[i, k]·αU[m, k]
-        c = tl.load(c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0)
-        delta = _dot(h, tl.trans(c), PRECISION, UPCAST)
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        tile = offs_m[:, None] * N + offs_n[None, :]
-        y = tl.load(y_ptr + tile, mask=mask_mn, other=0.0)
-        tl.store(out_ptr + tile, (y.to(tl.float32) + delta).to(dtype), mask=mask_mn)
+        ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
+        h = _dot(t, tl.trans(ua), PRECISION, UPCAST).to(dtype)  # h[i, m] = Σ_k t[i, k]·αU[m, k], rounded as torch
+        start = pid_n * cols_per_program
+        for n0 in range(start, tl.minimum(start + cols_per_program, N), BN):
+            offs_n = n0 + tl.arange(0, BN)
+            mask_n = offs_n < N
+            c = tl.load(
+                c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
+            )
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            tile = offs_m[:, None] * N + offs_n[None, :]
+            y = tl.load(y_ptr + tile, mask=mask_mn, other=0.0)
+            out = y.to(tl.float32) + _dot(h, tl.trans(c), PRECISION, UPCAST)
+            tl.store(out_ptr + tile, out.to(dtype), mask=mask_mn)
 
     @triton.jit
-    def _backward_reduce_kernel(
-        g_ptr, c_ptr, u_ptr, t_ptr, d_ptr, gu_ptr, T, N, R, alpha,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    def _backward_kernel(
+        g_ptr, c_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         dtype = g_ptr.dtype.element_ty
@@ -118,49 +136,29 @@ if triton is not None:
         for n0 in range(0, N, BN):
             offs_n = n0 + tl.arange(0, BN)
             mask_n = offs_n < N
-            g_tile = offs_m[:, None] * N + offs_n[None, :]
-            g = tl.load(g_ptr + g_tile, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
-            c_tile = offs_n[:, None] * R + offs_r[None, :]
-            c = tl.load(c_ptr + c_tile, mask=mask_n[:, None] & mask_r[None, :], other=0.0)
+            g = tl.load(
+                g_ptr + offs_m[:, None] * N + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0
+            )
+            c = tl.load(
+                c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
+            )
             acc += _dot(g, c, PRECISION, UPCAST)
         gh = acc.to(dtype)  # g·C, rounded like the torch path's GEMM output
-        mask_rr = mask_r[:, None] & mask_r[None, :]
-        u = tl.load(u_ptr + offs_r[:, None] * R + offs_r[None, :], mask=mask_rr, other=0.0)
-        ua = (u.to(tl.float32) * alpha).to(dtype)
-        d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
-        mask_mr = mask_m[:, None] & mask_r[None, :]
-        tl.store(d_ptr + offs_m[:, None] * RP + offs_r[None, :], d, mask=mask_mr)
-        t = tl.load(t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_mr, other=0.0)
+        t = tl.load(t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_m[:, None] & mask_r[None, :], other=0.0)
         gu = _dot(tl.trans(gh), t, PRECISION, UPCAST) * alpha  # this block's Σ_i gh[i, m]·t[i, k]
         tl.store(gu_ptr + pid * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
-
-    @triton.jit
-    def _backward_scatter_kernel(
-        g_ptr, d_ptr, rows_ptr, out_ptr, T, N, R,
-        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
-    ):  # fmt: skip
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        dtype = out_ptr.dtype.element_ty
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_n = pid_n * BN + tl.arange(0, BN)
-        offs_r = tl.arange(0, RP)
-        mask_m = offs_m < T
-        mask_n = offs_n < N
-        rows = tl.load(rows_ptr + offs_r, mask=offs_r < R, other=-1)
-        onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); a repeated row adds twice
-        # d's padding columns (r..RP) are never written: masked here, or NaN garbage times 0 would poison the dot
-        d = tl.load(
-            d_ptr + offs_m[:, None] * RP + offs_r[None, :], mask=mask_m[:, None] & (offs_r < R)[None, :], other=0.0
-        )
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        tile = offs_m[:, None] * N + offs_n[None, :]
-        g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
-        scattered = tl.dot(d, onehot, input_precision="ieee")
-        tl.store(out_ptr + tile, (g.to(tl.float32) + scattered).to(dtype), mask=mask_mn)
-
-
-_TILE_M, _TILE_N = 64, 64
+        if WRITE_GRAD_Y:
+            ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
+            d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
+            rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
+            for n0 in range(0, N, BN):
+                offs_n = n0 + tl.arange(0, BN)
+                mask_mn = mask_m[:, None] & (offs_n < N)[None, :]
+                tile = offs_m[:, None] * N + offs_n[None, :]
+                g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
+                onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); padding rows match nothing
+                out = g.to(tl.float32) + tl.dot(d, onehot, input_precision="ieee")
+                tl.store(gy_ptr + tile, out.to(dtype), mask=mask_mn)
 
 
 def forward(y2, c, u, rows, bias_rows, alpha: float):
@@ -170,11 +168,13 @@ def forward(y2, c, u, rows, bias_rows, alpha: float):
     rank = c.shape[1]
     out = torch.empty_like(y2)
     t = torch.empty(tokens, rank, device=y2.device, dtype=y2.dtype)
-    grid = (triton.cdiv(tokens, _TILE_M), triton.cdiv(width, _TILE_N))
+    splits = _column_splits(tokens, width, y2.device)
+    cols_per_program = triton.cdiv(triton.cdiv(width, _TILE_N), splits) * _TILE_N
+    grid = (triton.cdiv(tokens, _FORWARD_ROWS), triton.cdiv(width, cols_per_program))
     _forward_kernel[grid](
         y2, c, u, rows, y2 if bias_rows is None else bias_rows, out, t, tokens, width, rank, float(alpha),
-        HAS_BIAS=bias_rows is not None, PRECISION=_precision(y2), UPCAST=_INTERPRET,
-        BM=_TILE_M, BN=_TILE_N, RP=_rank_block(rank),
+        cols_per_program, HAS_BIAS=bias_rows is not None, PRECISION=_precision(y2), UPCAST=_INTERPRET,
+        BM=_FORWARD_ROWS, BN=_TILE_N, RP=_rank_block(rank),
     )  # fmt: skip
     return out, t
 
@@ -185,18 +185,12 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
     tokens, width = g2.shape
     rank = c.shape[1]
     rank_block = _rank_block(rank)
-    block_m = _row_block(tokens)
-    programs = triton.cdiv(tokens, block_m)
-    d = torch.empty(tokens, rank_block, device=g2.device, dtype=torch.float32)
+    programs = triton.cdiv(tokens, _BACKWARD_ROWS)
     partial_gu = torch.empty(programs, rank_block, rank_block, device=g2.device, dtype=torch.float32)
-    _backward_reduce_kernel[(programs,)](
-        g2, c, u, t, d, partial_gu, tokens, width, rank, float(alpha),
-        PRECISION=_precision(g2), UPCAST=_INTERPRET, BM=block_m, BN=128, RP=rank_block,
+    grad_y = torch.empty_like(g2) if need_grad_y else None
+    _backward_kernel[(programs,)](
+        g2, c, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
+        WRITE_GRAD_Y=need_grad_y, PRECISION=_precision(g2), UPCAST=_INTERPRET,
+        BM=_BACKWARD_ROWS, BN=128, RP=rank_block,
     )  # fmt: skip
-    grad_u = partial_gu.sum(0)[:rank, :rank]
-    if not need_grad_y:
-        return None, grad_u
-    grad_y = torch.empty_like(g2)
-    grid = (triton.cdiv(tokens, _TILE_M), triton.cdiv(width, _TILE_N))
-    _backward_scatter_kernel[grid](g2, d, rows, grad_y, tokens, width, rank, BM=_TILE_M, BN=_TILE_N, RP=rank_block)
-    return grad_y, grad_u
+    return grad_y, partial_gu.sum(0)[:rank, :rank]
