@@ -70,7 +70,7 @@ def check_kernels(device: str) -> list[str]:
             fused_u_only = _run(*inputs, alpha=0.7, fused=True, grad_y=False)
             if fused_u_only[1] is not None or not torch.equal(fused_u_only[2], fused[2]):
                 failures.append(f"{dtype} {case}: grad_u differs when y needs no gradient")
-            for name, r, a, b in zip(("out", "grad_y", "grad_u"), ref, torch_ops, fused):
+            for name, r, a, b in zip(("out", "grad_y", "grad_u"), ref, torch_ops, fused, strict=True):
                 scale = r.abs().max().item()
                 err_fused = (b.double() - r).abs().max().item() / scale
                 err_torch = (a.double() - r).abs().max().item() / scale
@@ -124,5 +124,5 @@ def test_compiled_layer_with_fused_kernels_matches_eager():
         out = fn(xi)
         out.float().square().sum().backward()
         results.append((out, xi.grad, layer.curlora_U["default"].grad.clone()))
-    for eager, compiled in zip(*results):
+    for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
