@@ -57,7 +57,9 @@ def _precision(x: torch.Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
-_FORWARD_ROWS, _BACKWARD_ROWS, _TILE_N = 32, 16, 64
+# launch configuration (benchmarks/kernel_sweep.py measures alternatives on a GPU)
+_FORWARD_ROWS, _TILE_N, _FORWARD_WARPS = 32, 64, 4
+_BACKWARD_ROWS, _BACKWARD_TILE_N, _BACKWARD_WARPS = 16, 128, 4
 _PROGRAMS_PER_SM = 4
 
 
@@ -174,7 +176,7 @@ def forward(y2, c, u, rows, bias_rows, alpha: float):
     _forward_kernel[grid](
         y2, c, u, rows, y2 if bias_rows is None else bias_rows, out, t, tokens, width, rank, float(alpha),
         cols_per_program, HAS_BIAS=bias_rows is not None, PRECISION=_precision(y2), UPCAST=_INTERPRET,
-        BM=_FORWARD_ROWS, BN=_TILE_N, RP=_rank_block(rank),
+        BM=_FORWARD_ROWS, BN=_TILE_N, RP=_rank_block(rank), num_warps=_FORWARD_WARPS,
     )  # fmt: skip
     return out, t
 
@@ -191,6 +193,6 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
     _backward_kernel[(programs,)](
         g2, c, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
         WRITE_GRAD_Y=need_grad_y, PRECISION=_precision(g2), UPCAST=_INTERPRET,
-        BM=_BACKWARD_ROWS, BN=128, RP=rank_block,
+        BM=_BACKWARD_ROWS, BN=_BACKWARD_TILE_N, RP=rank_block, num_warps=_BACKWARD_WARPS,
     )  # fmt: skip
     return grad_y, partial_gu.sum(0)[:rank, :rank]
