@@ -34,15 +34,23 @@ def _ms(fn) -> float:
     return do_bench_cudagraph(fn, rep=40) * 1e3  # µs
 
 
-def _set(**config) -> dict:
-    old = {k: getattr(kernels, k) for k in config}
-    for k, v in config.items():
-        setattr(kernels, k, v)
-    return old
+def _sweep(config: dict, grid: list[tuple], fn) -> dict[tuple, float]:
+    """µs of fn() for each (rows, tile, per_sm, warps) in grid, set into `config` (restored afterwards)."""
+    saved = dict(config)
+    times = {}
+    for rows, tile, per_sm, warps in grid:
+        config.update(rows=rows, tile=tile, per_sm=per_sm, warps=warps)
+        times[(rows, tile, per_sm, warps)] = _ms(fn)
+    config.update(saved)
+    return times
 
 
-FORWARD_GRID = list(itertools.product([16, 32, 64], [64, 128], [2, 4, 8], [4, 8]))  # rows, cols, per SM, warps
-BACKWARD_GRID = list(itertools.product([16, 32], [64, 128, 256], [4, 8]))  # rows, cols, warps
+GRID = list(itertools.product([16, 32], [64, 128, 256], [2, 4, 8], [4]))  # rows, tile, per SM, warps
+
+
+def _best(times: dict) -> str:
+    top = sorted(times, key=times.get)[:3]
+    return ", ".join(f"{k}: {times[k]:.1f}" for k in top)
 
 
 def sweep_shape(tokens: int, width: int, bandwidth: float) -> None:
@@ -59,25 +67,23 @@ def sweep_shape(tokens: int, width: int, bandwidth: float) -> None:
         gh.t().mm(t)
         return g.index_add(1, rows, gh.mm(u.to(g.dtype)))
 
-    fwd, bwd = {}, {}
-    for bm, bn, per_sm, warps in FORWARD_GRID:
-        old = _set(_FORWARD_ROWS=bm, _TILE_N=bn, _PROGRAMS_PER_SM=per_sm, _FORWARD_WARPS=warps)
-        fwd[(bm, bn, per_sm, warps)] = _ms(lambda: kernels.forward(y, c, u, rows, None, 1.0))
-        _set(**old)
-    for bm, bn, warps in BACKWARD_GRID:
-        old = _set(_BACKWARD_ROWS=bm, _BACKWARD_TILE_N=bn, _BACKWARD_WARPS=warps)
-        bwd[(bm, bn, warps)] = _ms(lambda: kernels.backward(g, t, c, u, rows, 1.0, True))
-        _set(**old)
-    now_f = (kernels._FORWARD_ROWS, kernels._TILE_N, kernels._PROGRAMS_PER_SM, kernels._FORWARD_WARPS)
-    now_b = (kernels._BACKWARD_ROWS, kernels._BACKWARD_TILE_N, kernels._BACKWARD_WARPS)
-    top_f, top_b = sorted(fwd, key=fwd.get)[:4], sorted(bwd, key=bwd.get)[:4]
+    def fused_fwd():
+        return kernels.forward(y, c, u, rows, None, 1.0)
+
+    def fused_bwd():
+        return kernels.backward(g, t, c, u, rows, 1.0, True)
+
+    now_f, now_b = _ms(fused_fwd), _ms(fused_bwd)
+    fwd = _sweep(kernels._FORWARD, GRID, fused_fwd)
+    reduce = _sweep(kernels._BACKWARD_REDUCE, GRID, fused_bwd)
+    scatter = _sweep(kernels._BACKWARD_SCATTER, GRID, fused_bwd)
     print(
-        f"{tokens}x{width}: bound {bound:6.1f} | forward torch {_ms(torch_fwd):6.1f} now {fwd[now_f]:6.1f} "
-        f"best {fwd[top_f[0]]:6.1f} | backward torch {_ms(torch_bwd):6.1f} now {bwd[now_b]:6.1f} "
-        f"best {bwd[top_b[0]]:6.1f}"
+        f"{tokens}x{width}: bound {bound:5.1f} | forward torch {_ms(torch_fwd):5.1f} fused {now_f:5.1f} "
+        f"| backward torch {_ms(torch_bwd):5.1f} fused {now_b:5.1f}"
     )
-    print("   forward top:", [(k, round(fwd[k], 1)) for k in top_f])
-    print("   backward top:", [(k, round(bwd[k], 1)) for k in top_b])
+    print(f"   forward best {_best(fwd)}")
+    print(f"   backward, reduce kernel best {_best(reduce)}")
+    print(f"   backward, scatter kernel best {_best(scatter)}")
 
 
 def main() -> None:

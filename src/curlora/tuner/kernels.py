@@ -2,21 +2,21 @@
 
 The torch formulation costs about nine small kernels per adapted projection and step (a gather, the r × r
 products, a skinny GEMM with the add in its epilogue; in backward g·C, two r × r products, a copy of the
-gradient and a scatter). On a GPU those launches, not the bytes, are the adapter's cost. Here the same math is
-one kernel each way and one tiny reduction:
+gradient and a scatter), each far from the memory bandwidth at these shapes. Here the same math is one kernel
+forward and two backward, plus one tiny torch reduction; all of them run over (block of rows, share of the
+columns), so that even a small batch fills the GPU:
 
-- forward, per block of rows and a share of the columns: `h = (y[:, rows] − b[rows])·(αU)ᵀ` once (r gathered
-  values per row: uncoalesced loads, so they are amortised over the columns), then `out = y + h·Cᵀ` tile by tile;
-  α·U is formed in the kernel;
-- backward, per block of rows: `gh = g·C` (a reduction over the output width), `d = gh·(αU)`, this block's share
-  of the gradient for U, `ghᵀ·t`, written as partial sums (no atomics: deterministic), then a second pass over
-  the same rows (from L2) writing `grad_y = g + d·S`, S the r × out one-hot of `rows` (repeated rows add up);
-  the partial sums for U are added by one small torch reduction.
+- forward: `h = (y[:, rows] − b[rows])·(αU)ᵀ` once per block of rows (r gathered values per row: uncoalesced
+  loads, amortised over the block's columns), then `out = y + h·Cᵀ` tile by tile; α·U is formed in the kernel;
+- backward 1: partial sums of `gh = g·C` (a reduction over the output width), one per share of the columns;
+- backward 2: `gh` = the sum of those partials, `d = gh·(αU)`, then `grad_y = g + d·S` tile by tile, S the
+  r × out one-hot of `rows` (repeated rows add up); the first share of each block also writes its partial of
+  the gradient for U, `ghᵀ·t`, which torch sums. No atomics anywhere, so results are deterministic.
 
 Rounding follows the torch path where it rounds (h and g·C to the activation dtype before the next product)
 and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
 never TF32. `TRITON_INTERPRET=1` runs the kernels on CPU tensors, which is how the tests check them without a
-GPU. Set `CURLORA_TRITON=0` to use the torch ops everywhere.
+GPU. benchmarks/kernel_sweep.py times launch configurations against the torch ops and the bandwidth bound.
 """
 
 from __future__ import annotations
@@ -57,17 +57,21 @@ def _precision(x: torch.Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
-# launch configuration (benchmarks/kernel_sweep.py measures alternatives on a GPU)
-_FORWARD_ROWS, _TILE_N, _FORWARD_WARPS = 32, 64, 4
-_BACKWARD_ROWS, _BACKWARD_TILE_N, _BACKWARD_WARPS = 16, 128, 4
-_PROGRAMS_PER_SM = 4
+# launch configuration: rows per program, columns per tile, programs per SM to aim for, warps
+# (chosen with benchmarks/kernel_sweep.py on an H100)
+_FORWARD = {"rows": 16, "tile": 128, "per_sm": 4, "warps": 4}
+_BACKWARD_REDUCE = {"rows": 16, "tile": 128, "per_sm": 4, "warps": 4}
+_BACKWARD_SCATTER = {"rows": 16, "tile": 128, "per_sm": 4, "warps": 4}
 
 
-def _column_splits(tokens: int, width: int, device: torch.device) -> int:
-    """Forward programs per block of rows: the fewest that still give every SM a few programs."""
+def _grid(tokens: int, width: int, config: dict, device: torch.device) -> tuple[tuple[int, int], int]:
+    """((row blocks, column shares), columns per share): the fewest shares that give each SM a few programs."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    row_programs = triton.cdiv(tokens, _FORWARD_ROWS)
-    return max(1, min(triton.cdiv(width, _TILE_N), triton.cdiv(_PROGRAMS_PER_SM * sms, row_programs)))
+    row_blocks = triton.cdiv(tokens, config["rows"])
+    tiles = triton.cdiv(width, config["tile"])
+    shares = max(1, min(tiles, triton.cdiv(config["per_sm"] * sms, row_blocks)))
+    cols_per_share = triton.cdiv(tiles, shares) * config["tile"]
+    return (row_blocks, triton.cdiv(width, cols_per_share)), cols_per_share
 
 
 if triton is not None:
@@ -88,7 +92,7 @@ if triton is not None:
 
     @triton.jit
     def _forward_kernel(
-        y_ptr, c_ptr, u_ptr, rows_ptr, bias_ptr, out_ptr, t_ptr, T, N, R, alpha, cols_per_program,
+        y_ptr, c_ptr, u_ptr, rows_ptr, bias_ptr, out_ptr, t_ptr, T, N, R, alpha, cols_per_share,
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
@@ -109,8 +113,8 @@ if triton is not None:
             tl.store(t_ptr + offs_m[:, None] * R + offs_r[None, :], t, mask=mask_mr)
         ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
         h = _dot(t, tl.trans(ua), PRECISION, UPCAST).to(dtype)  # h[i, m] = Σ_k t[i, k]·αU[m, k], rounded as torch
-        start = pid_n * cols_per_program
-        for n0 in range(start, tl.minimum(start + cols_per_program, N), BN):
+        start = pid_n * cols_per_share
+        for n0 in range(start, start + cols_per_share, BN):  # the last share may run past N: masked
             offs_n = n0 + tl.arange(0, BN)
             mask_n = offs_n < N
             c = tl.load(
@@ -123,19 +127,19 @@ if triton is not None:
             tl.store(out_ptr + tile, out.to(dtype), mask=mask_mn)
 
     @triton.jit
-    def _backward_kernel(
-        g_ptr, c_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha,
-        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    def _backward_reduce_kernel(
+        g_ptr, c_ptr, ghp_ptr, T, N, R, cols_per_share,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
-        pid = tl.program_id(0)
-        dtype = g_ptr.dtype.element_ty
-        offs_m = pid * BM + tl.arange(0, BM)
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_m = pid_m * BM + tl.arange(0, BM)
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
         mask_r = offs_r < R
         acc = tl.zeros((BM, RP), dtype=tl.float32)
-        for n0 in range(0, N, BN):
+        start = pid_n * cols_per_share
+        for n0 in range(start, start + cols_per_share, BN):
             offs_n = n0 + tl.arange(0, BN)
             mask_n = offs_n < N
             g = tl.load(
@@ -145,15 +149,37 @@ if triton is not None:
                 c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
             )
             acc += _dot(g, c, PRECISION, UPCAST)
+        tl.store(ghp_ptr + (pid_n * T + offs_m[:, None]) * RP + offs_r[None, :], acc, mask=mask_m[:, None])
+
+    @triton.jit
+    def _backward_scatter_kernel(
+        g_ptr, ghp_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha, reduce_shares, cols_per_share,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        dtype = g_ptr.dtype.element_ty
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_r = tl.arange(0, RP)
+        mask_m = offs_m < T
+        mask_r = offs_r < R
+        acc = tl.zeros((BM, RP), dtype=tl.float32)
+        for s in range(0, reduce_shares):
+            acc += tl.load(ghp_ptr + (s * T + offs_m[:, None]) * RP + offs_r[None, :], mask=mask_m[:, None], other=0.0)
         gh = acc.to(dtype)  # g·C, rounded like the torch path's GEMM output
-        t = tl.load(t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_m[:, None] & mask_r[None, :], other=0.0)
-        gu = _dot(tl.trans(gh), t, PRECISION, UPCAST) * alpha  # this block's Σ_i gh[i, m]·t[i, k]
-        tl.store(gu_ptr + pid * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
+        if pid_n == 0:
+            t = tl.load(
+                t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_m[:, None] & mask_r[None, :], other=0.0
+            )
+            gu = _dot(tl.trans(gh), t, PRECISION, UPCAST) * alpha  # this block's Σ_i gh[i, m]·t[i, k]
+            tl.store(gu_ptr + pid_m * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
         if WRITE_GRAD_Y:
             ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
             d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
             rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
-            for n0 in range(0, N, BN):
+            start = pid_n * cols_per_share
+            for n0 in range(start, start + cols_per_share, BN):
                 offs_n = n0 + tl.arange(0, BN)
                 mask_mn = mask_m[:, None] & (offs_n < N)[None, :]
                 tile = offs_m[:, None] * N + offs_n[None, :]
@@ -170,13 +196,11 @@ def forward(y2, c, u, rows, bias_rows, alpha: float):
     rank = c.shape[1]
     out = torch.empty_like(y2)
     t = torch.empty(tokens, rank, device=y2.device, dtype=y2.dtype)
-    splits = _column_splits(tokens, width, y2.device)
-    cols_per_program = triton.cdiv(triton.cdiv(width, _TILE_N), splits) * _TILE_N
-    grid = (triton.cdiv(tokens, _FORWARD_ROWS), triton.cdiv(width, cols_per_program))
+    grid, cols_per_share = _grid(tokens, width, _FORWARD, y2.device)
     _forward_kernel[grid](
         y2, c, u, rows, y2 if bias_rows is None else bias_rows, out, t, tokens, width, rank, float(alpha),
-        cols_per_program, HAS_BIAS=bias_rows is not None, PRECISION=_precision(y2), UPCAST=_INTERPRET,
-        BM=_FORWARD_ROWS, BN=_TILE_N, RP=_rank_block(rank), num_warps=_FORWARD_WARPS,
+        cols_per_share, HAS_BIAS=bias_rows is not None, PRECISION=_precision(y2), UPCAST=_INTERPRET,
+        BM=_FORWARD["rows"], BN=_FORWARD["tile"], RP=_rank_block(rank), num_warps=_FORWARD["warps"],
     )  # fmt: skip
     return out, t
 
@@ -187,12 +211,21 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
     tokens, width = g2.shape
     rank = c.shape[1]
     rank_block = _rank_block(rank)
-    programs = triton.cdiv(tokens, _BACKWARD_ROWS)
-    partial_gu = torch.empty(programs, rank_block, rank_block, device=g2.device, dtype=torch.float32)
+    common = {"PRECISION": _precision(g2), "UPCAST": _INTERPRET, "RP": rank_block}
+    reduce_grid, reduce_cols = _grid(tokens, width, _BACKWARD_REDUCE, g2.device)
+    partial_gh = torch.empty(reduce_grid[1], tokens, rank_block, device=g2.device, dtype=torch.float32)
+    _backward_reduce_kernel[reduce_grid](
+        g2, c, partial_gh, tokens, width, rank, reduce_cols,
+        BM=_BACKWARD_REDUCE["rows"], BN=_BACKWARD_REDUCE["tile"], num_warps=_BACKWARD_REDUCE["warps"], **common,
+    )  # fmt: skip
+    grid, cols_per_share = _grid(tokens, width, _BACKWARD_SCATTER, g2.device)
+    if not need_grad_y:
+        grid = (grid[0], 1)  # only the gradient for U: one program per block of rows
+    partial_gu = torch.empty(grid[0], rank_block, rank_block, device=g2.device, dtype=torch.float32)
     grad_y = torch.empty_like(g2) if need_grad_y else None
-    _backward_kernel[(programs,)](
-        g2, c, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
-        WRITE_GRAD_Y=need_grad_y, PRECISION=_precision(g2), UPCAST=_INTERPRET,
-        BM=_BACKWARD_ROWS, BN=_BACKWARD_TILE_N, RP=rank_block, num_warps=_BACKWARD_WARPS,
+    _backward_scatter_kernel[grid](
+        g2, partial_gh, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
+        reduce_grid[1], cols_per_share, WRITE_GRAD_Y=need_grad_y,
+        BM=_BACKWARD_SCATTER["rows"], BN=_BACKWARD_SCATTER["tile"], num_warps=_BACKWARD_SCATTER["warps"], **common,
     )  # fmt: skip
     return grad_y, partial_gu.sum(0)[:rank, :rank]
