@@ -20,8 +20,15 @@ from curlora.tuner.layer import _FromBaseOutput
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
 # (tokens, width, rank, bias, repeated rows): odd sizes exercise every mask; rank 4 and 20 are padded blocks;
-# width 300 is split over several column shares (the last one running past the width)
-CASES = [(37, 70, 16, False, False), (130, 200, 4, True, True), (64, 128, 20, True, False), (40, 300, 16, False, False)]
+# width 300 is split over several column shares (the last one running past the width); 200 tokens make enough
+# blocks of rows for the one-kernel backward
+CASES = [
+    (37, 70, 16, False, False),
+    (130, 200, 4, True, True),
+    (64, 128, 20, True, False),
+    (40, 300, 16, False, False),
+    (200, 150, 16, True, False),
+]
 
 
 def _case(tokens, width, rank, bias, repeated, dtype, device):

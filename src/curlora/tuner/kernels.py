@@ -3,7 +3,7 @@
 The torch formulation costs about nine small kernels per adapted projection and step (a gather, the r × r
 products, a skinny GEMM with the add in its epilogue; in backward g·C, two r × r products, a copy of the
 gradient and a scatter), each far from the memory bandwidth at these shapes. Here the same math is one kernel
-forward and two backward, plus one tiny torch reduction; all of them run over (block of rows, share of the
+forward and one or two backward, plus one tiny torch reduction; all of them run over (block of rows, share of the
 columns), so that even a small batch fills the GPU:
 
 - forward: `h = (y[:, rows] − b[rows])·(αU)ᵀ` once per block of rows (r gathered values per row: uncoalesced
@@ -12,6 +12,9 @@ columns), so that even a small batch fills the GPU:
 - backward 2: `gh` = the sum of those partials, `d = gh·(αU)`, then `grad_y = g + d·S` tile by tile, S the
   r × out one-hot of `rows` (repeated rows add up); the first share of each block also writes its partial of
   the gradient for U, `ghᵀ·t`, which torch sums. No atomics anywhere, so results are deterministic.
+- with many tokens (enough blocks of rows to fill the GPU on their own) both backward steps run as one kernel
+  per block of rows: `gh` over the whole width, then a second pass over the same rows (from L2) for `grad_y`;
+  one launch fewer, which is what counts at these sizes.
 
 Rounding follows the torch path where it rounds (h and g·C to the activation dtype before the next product)
 and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
@@ -60,16 +63,21 @@ def _precision(x: torch.Tensor) -> str:
 # launch configuration: rows per program, columns per tile, programs per SM to aim for, warps
 # (chosen with benchmarks/kernel_sweep.py on an H100)
 _FORWARD = {"rows": 16, "tile": 128, "per_sm": 4, "warps": 4}
-_BACKWARD_REDUCE = {"rows": 16, "tile": 128, "per_sm": 4, "warps": 4}
-_BACKWARD_SCATTER = {"rows": 16, "tile": 128, "per_sm": 4, "warps": 4}
+_BACKWARD_REDUCE = {"rows": 32, "tile": 128, "per_sm": 2, "warps": 4}
+_BACKWARD_SCATTER = {"rows": 32, "tile": 64, "per_sm": 4, "warps": 4}
+# many tokens: one backward kernel per block of rows (g·C, then grad y from L2) beats two kernels over more programs
+_BACKWARD_ROWS = {"rows": 32, "tile": 128, "min_programs_per_sm": 1.5, "warps": 4}
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def _grid(tokens: int, width: int, config: dict, device: torch.device) -> tuple[tuple[int, int], int]:
     """((row blocks, column shares), columns per share): the fewest shares that give each SM a few programs."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     row_blocks = triton.cdiv(tokens, config["rows"])
     tiles = triton.cdiv(width, config["tile"])
-    shares = max(1, min(tiles, triton.cdiv(config["per_sm"] * sms, row_blocks)))
+    shares = max(1, min(tiles, triton.cdiv(config["per_sm"] * _sm_count(device), row_blocks)))
     cols_per_share = triton.cdiv(tiles, shares) * config["tile"]
     return (row_blocks, triton.cdiv(width, cols_per_share)), cols_per_share
 
@@ -188,6 +196,46 @@ if triton is not None:
                 out = g.to(tl.float32) + tl.dot(d, onehot, input_precision="ieee")
                 tl.store(gy_ptr + tile, out.to(dtype), mask=mask_mn)
 
+    @triton.jit
+    def _backward_rows_kernel(
+        g_ptr, c_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        dtype = g_ptr.dtype.element_ty
+        offs_m = pid * BM + tl.arange(0, BM)
+        offs_r = tl.arange(0, RP)
+        mask_m = offs_m < T
+        mask_r = offs_r < R
+        acc = tl.zeros((BM, RP), dtype=tl.float32)
+        for n0 in range(0, N, BN):
+            offs_n = n0 + tl.arange(0, BN)
+            mask_n = offs_n < N
+            g = tl.load(
+                g_ptr + offs_m[:, None] * N + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0
+            )
+            c = tl.load(
+                c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
+            )
+            acc += _dot(g, c, PRECISION, UPCAST)
+        gh = acc.to(dtype)  # g·C, rounded like the torch path's GEMM output
+        t = tl.load(t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_m[:, None] & mask_r[None, :], other=0.0)
+        gu = _dot(tl.trans(gh), t, PRECISION, UPCAST) * alpha  # this block's Σ_i gh[i, m]·t[i, k]
+        tl.store(gu_ptr + pid * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
+        if WRITE_GRAD_Y:
+            ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
+            d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
+            rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
+            for n0 in range(0, N, BN):
+                offs_n = n0 + tl.arange(0, BN)
+                mask_mn = mask_m[:, None] & (offs_n < N)[None, :]
+                tile = offs_m[:, None] * N + offs_n[None, :]
+                g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
+                onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); padding rows match nothing
+                out = g.to(tl.float32) + tl.dot(d, onehot, input_precision="ieee")
+                tl.store(gy_ptr + tile, out.to(dtype), mask=mask_mn)
+
 
 def forward(y2, c, u, rows, bias_rows, alpha: float):
     """(out, t) for y2 (T × N): out = y2 + ((y2[:, rows] − b[rows])·(αU)ᵀ)·Cᵀ and t = y2[:, rows] − b[rows]."""
@@ -212,6 +260,16 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
     rank = c.shape[1]
     rank_block = _rank_block(rank)
     common = {"PRECISION": _precision(g2), "UPCAST": _INTERPRET, "RP": rank_block}
+    row_blocks = triton.cdiv(tokens, _BACKWARD_ROWS["rows"])
+    if row_blocks >= _BACKWARD_ROWS["min_programs_per_sm"] * _sm_count(g2.device):
+        partial_gu = torch.empty(row_blocks, rank_block, rank_block, device=g2.device, dtype=torch.float32)
+        grad_y = torch.empty_like(g2) if need_grad_y else None
+        _backward_rows_kernel[(row_blocks,)](
+            g2, c, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
+            WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_ROWS["rows"], BN=_BACKWARD_ROWS["tile"],
+            num_warps=_BACKWARD_ROWS["warps"], **common,
+        )  # fmt: skip
+        return grad_y, partial_gu.sum(0)[:rank, :rank]
     reduce_grid, reduce_cols = _grid(tokens, width, _BACKWARD_REDUCE, g2.device)
     partial_gh = torch.empty(reduce_grid[1], tokens, rank_block, device=g2.device, dtype=torch.float32)
     _backward_reduce_kernel[reduce_grid](
