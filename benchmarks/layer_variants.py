@@ -9,6 +9,7 @@ They all compute y = base(x) + α·((x·Rᵀ)·Uᵀ)·Cᵀ; they differ only in 
   where that is exact, see the module docstring of `curlora.tuner.layer`).
 - ``torch``: the library's base-output path as torch ops, never the Triton kernels of
   `curlora.tuner.kernels` (what the library ran on CUDA before those kernels).
+- ``triton``: the Triton kernels also in eager mode (the library uses them only under torch.compile).
 - ``xr``: the library's x·Rᵀ path everywhere (a GEMM over x, the result added by one addmm): the forward of
   the first performance pass, before x·Rᵀ was taken from the base output.
 - ``orig``: the forward before any performance pass: three `F.linear` calls, then a separate
@@ -87,6 +88,13 @@ class TorchOpsCURLoRALinear(CURLoRALinear):
         return False
 
 
+class TritonCURLoRALinear(CURLoRALinear):
+    def _fused_kernels(self, result: torch.Tensor, rank: int) -> bool:
+        from curlora.tuner import kernels
+
+        return kernels.triton is not None and result.is_cuda and result.dtype in kernels._DTYPES
+
+
 class XRCURLoRALinear(CURLoRALinear):
     def _can_reuse_base_output(self, name: str, result: torch.Tensor) -> bool:
         return False
@@ -96,6 +104,7 @@ CLASSES: dict[str, type[CURLoRALinear]] = {
     "library": CURLoRALinear,
     "orig": OrigCURLoRALinear,
     "torch": TorchOpsCURLoRALinear,
+    "triton": TritonCURLoRALinear,
     "xr": XRCURLoRALinear,
     "reduce": ReduceCURLoRALinear,
 }

@@ -11,9 +11,10 @@ train (forward + backward + AdamW step):
                   gradients); only the head trains. No adapter can be cheaper than this.
   lora            PEFT LoRA r on q/k/v (PEFT defaults: adapter weights in float32).
   lora-bf16       PEFT LoRA with autocast_adapter_dtype=False (adapter weights in the model's dtype).
-  curlora         CURLoRA r on q/k/v, eager, the library's forward (x·Rᵀ taken from the base output; on CUDA
-                  with Triton installed, as the fused kernels of curlora/tuner/kernels.py).
+  curlora         CURLoRA r on q/k/v, eager, the library's forward (x·Rᵀ taken from the base output; under
+                  torch.compile on CUDA with Triton, as the fused kernels of curlora/tuner/kernels.py).
   curlora-torch   the library's base-output path as torch ops (no Triton kernels): the path before the kernels.
+  curlora-triton  the Triton kernels also in eager mode (the library uses them only under torch.compile).
   curlora-xr      CURLoRA with x·Rᵀ as a GEMM over x (the library's fallback path; benchmarks/layer_variants.py).
   curlora-orig    CURLoRA with the forward from before any performance pass (benchmarks/layer_variants.py).
   curlora-reduce  CURLoRA with the rank-r products as sums over r, for inductor to fuse: use it as
@@ -80,7 +81,8 @@ DEFAULT_VARIANTS = (
     "floor,floor-compile,lora,curlora,curlora-compile,infer-base,infer-lora,infer-curlora,infer-merged,disk"
 )
 TRAIN_BASES = (
-    "floor", "lora", "lora-bf16", "curlora", "curlora-torch", "curlora-orig", "curlora-xr", "curlora-reduce"
+    "floor", "lora", "lora-bf16", "curlora", "curlora-torch", "curlora-triton", "curlora-orig", "curlora-xr",
+    "curlora-reduce",
 )  # fmt: skip
 INFER_VARIANTS = (
     "infer-base", "infer-lora", "infer-curlora", "infer-curlora-torch", "infer-curlora-xr", "infer-merged"
@@ -267,9 +269,7 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
         t0 = time.perf_counter()
         apply_adapter(model, base, args.rank)
         info["setup_s"] = time.perf_counter() - t0
-    impl = {"curlora-orig": "orig", "curlora-xr": "xr", "curlora-reduce": "reduce", "curlora-torch": "torch"}.get(
-        base, "library"
-    )
+    impl = base.removeprefix("curlora-") if base.startswith("curlora-") else "library"
     _layer_variants().use(model, impl)
     torch.manual_seed(args.seed)
     head = nn.Linear(hidden, 2, device=device, dtype=torch.float32)

@@ -40,13 +40,15 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def usable(y: torch.Tensor, rank: int) -> bool:
-    """Whether the fused kernels run for this activation: Triton present, a CUDA tensor (or the interpreter)."""
+    """Whether the fused kernels run: Triton present, a CUDA tensor under torch.compile (or the interpreter)."""
     if triton is None or os.environ.get("CURLORA_TRITON", "1") == "0":
         return False
     if y.dtype not in _DTYPES or not 0 < rank <= _MAX_RANK:
         return False
     if y.is_cuda:
-        return True
+        # only inside torch.compile: eagerly, Triton's Python launcher costs more host time per call than the
+        # ~9 torch launches it replaces, and small models are host-bound (docs/BENCHMARKS.md)
+        return torch.compiler.is_compiling()
     # the interpreter runs eagerly on CPU tensors; inside torch.compile a CPU graph has no Triton to call
     return _INTERPRET and y.device.type == "cpu" and not torch.compiler.is_compiling()
 

@@ -43,7 +43,7 @@ class _FromBaseOutput(torch.autograd.Function):
 
     The gradient for y is g + scatter(rows, α·(g·C)·U): one copy of the out-sized gradient with r columns
     updated, instead of the in-sized (g·C·αU)·R that the x·Rᵀ formulation sends back to x. With `fused`, the
-    same math runs as the Triton kernels of `curlora.tuner.kernels` (CUDA), else as torch ops.
+    same math runs as the Triton kernels of `curlora.tuner.kernels` (CUDA under torch.compile), else as torch ops.
     """
 
     @staticmethod
@@ -285,7 +285,7 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         return _FromBaseOutput.compute(result, c, u, rows, bias_rows, alpha, fused)[0]
 
     def _fused_kernels(self, result: torch.Tensor, rank: int) -> bool:
-        """Whether the base-output path runs as Triton kernels (CUDA with Triton installed) or as torch ops."""
+        """Whether the base-output path runs as Triton kernels (CUDA, Triton, torch.compile) or as torch ops."""
         return kernels.usable(result, rank)
 
     def _add_from_input(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
