@@ -124,8 +124,8 @@ if triton is not None:
         ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
         h = _dot(t, tl.trans(ua), PRECISION, UPCAST).to(dtype)  # h[i, m] = Σ_k t[i, k]·αU[m, k], rounded as torch
         start = pid_n * cols_per_share
-        for n0 in range(start, start + cols_per_share, BN):  # the last share may run past N: masked
-            offs_n = n0 + tl.arange(0, BN)
+        for n0 in range(0, cols_per_share, BN):  # the last share may run past N: masked
+            offs_n = start + n0 + tl.arange(0, BN)
             mask_n = offs_n < N
             c = tl.load(
                 c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
@@ -149,8 +149,8 @@ if triton is not None:
         mask_r = offs_r < R
         acc = tl.zeros((BM, RP), dtype=tl.float32)
         start = pid_n * cols_per_share
-        for n0 in range(start, start + cols_per_share, BN):
-            offs_n = n0 + tl.arange(0, BN)
+        for n0 in range(0, cols_per_share, BN):  # a range over scalars only (Triton's interpreter)
+            offs_n = start + n0 + tl.arange(0, BN)
             mask_n = offs_n < N
             g = tl.load(
                 g_ptr + offs_m[:, None] * N + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0
@@ -189,8 +189,8 @@ if triton is not None:
             d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
             rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
             start = pid_n * cols_per_share
-            for n0 in range(start, start + cols_per_share, BN):
-                offs_n = n0 + tl.arange(0, BN)
+            for n0 in range(0, cols_per_share, BN):
+                offs_n = start + n0 + tl.arange(0, BN)
                 mask_mn = mask_m[:, None] & (offs_n < N)[None, :]
                 tile = offs_m[:, None] * N + offs_n[None, :]
                 g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
