@@ -88,8 +88,16 @@ def check_kernels(device: str) -> list[str]:
     return failures
 
 
+def _interpreter_loops_to_runtime_bounds() -> bool:
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
+
+
 @needs_triton
 def test_fused_kernels_match_reference_in_interpreter():
+    if not _interpreter_loops_to_runtime_bounds():
+        pytest.skip("older Triton interpreters (3.6 seen) cannot loop to a runtime bound; tested with Triton 3.9")
     # deterministic mode fills torch.empty with NaN: a kernel that reads memory it never wrote fails here too
     code = (
         "import sys, torch, test_kernels; torch.use_deterministic_algorithms(True); "
