@@ -140,5 +140,7 @@ def test_compiled_layer_with_fused_kernels_matches_eager():
         out = fn(xi)
         out.float().square().sum().backward()
         results.append((out, xi.grad, layer.curlora_U["default"].grad.clone()))
-    for eager, compiled in zip(*results, strict=True):
-        torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
+    # eager runs the torch ops, which round g·C and grad U to bf16; the kernels keep fp32 sums: compare norms
+    for name, eager, compiled in zip(("out", "grad x", "grad U"), *results, strict=True):
+        rel = ((compiled.float() - eager.float()).norm() / eager.float().norm()).item()
+        assert rel < 1e-2, f"{name}: relative difference {rel:.2e}"
