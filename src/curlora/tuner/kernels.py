@@ -137,19 +137,13 @@ if triton is not None:
             tl.store(out_ptr + tile, out.to(dtype), mask=mask_mn)
 
     @triton.jit
-    def _backward_reduce_kernel(
-        g_ptr, c_ptr, ghp_ptr, T, N, R, cols_per_share,
+    def _g_times_c(
+        g_ptr, c_ptr, offs_m, mask_m, offs_r, mask_r, start, cols, N, R,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_r = tl.arange(0, RP)
-        mask_m = offs_m < T
-        mask_r = offs_r < R
+        """g·C over the columns start .. start + cols (masked at N) for one block of rows: (BM, RP) in fp32."""
         acc = tl.zeros((BM, RP), dtype=tl.float32)
-        start = pid_n * cols_per_share
-        for n0 in range(0, cols_per_share, BN):  # a range over scalars only (Triton's interpreter)
+        for n0 in range(0, cols, BN):  # a range over scalars only (Triton's interpreter)
             offs_n = start + n0 + tl.arange(0, BN)
             mask_n = offs_n < N
             g = tl.load(
@@ -159,6 +153,51 @@ if triton is not None:
                 c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
             )
             acc += _dot(g, c, PRECISION, UPCAST)
+        return acc
+
+    @triton.jit
+    def _store_grad_u_partial(
+        gh, t_ptr, gu_ptr, block, offs_m, mask_m, offs_r, mask_r, R, alpha,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        """This block of rows' share of the gradient for U, α·Σ_i gh[i, m]·t[i, k], to partial sum `block`."""
+        t = tl.load(t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_m[:, None] & mask_r[None, :], other=0.0)
+        gu = _dot(tl.trans(gh), t, PRECISION, UPCAST) * alpha
+        tl.store(gu_ptr + block * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
+
+    @triton.jit
+    def _store_grad_y(
+        gh, g_ptr, u_ptr, rows_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, start, cols, N, R, alpha,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BN: tl.constexpr,
+    ):  # fmt: skip
+        """grad_y = g + d·S over the columns start .. start + cols, d = gh·(αU), S the one-hot of `rows`."""
+        dtype = g_ptr.dtype.element_ty
+        ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
+        d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
+        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
+        for n0 in range(0, cols, BN):
+            offs_n = start + n0 + tl.arange(0, BN)
+            mask_mn = mask_m[:, None] & (offs_n < N)[None, :]
+            tile = offs_m[:, None] * N + offs_n[None, :]
+            g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
+            onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); padding rows match nothing
+            out = g.to(tl.float32) + tl.dot(d, onehot, input_precision="ieee")
+            tl.store(gy_ptr + tile, out.to(dtype), mask=mask_mn)
+
+    @triton.jit
+    def _backward_reduce_kernel(
+        g_ptr, c_ptr, ghp_ptr, T, N, R, cols_per_share,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_r = tl.arange(0, RP)
+        mask_m = offs_m < T
+        acc = _g_times_c(
+            g_ptr, c_ptr, offs_m, mask_m, offs_r, offs_r < R, pid_n * cols_per_share, cols_per_share, N, R,
+            PRECISION, UPCAST, BM, BN, RP,
+        )  # fmt: skip
         tl.store(ghp_ptr + (pid_n * T + offs_m[:, None]) * RP + offs_r[None, :], acc, mask=mask_m[:, None])
 
     @triton.jit
@@ -169,7 +208,6 @@ if triton is not None:
     ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
-        dtype = g_ptr.dtype.element_ty
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
@@ -177,26 +215,16 @@ if triton is not None:
         acc = tl.zeros((BM, RP), dtype=tl.float32)
         for s in range(0, reduce_shares):
             acc += tl.load(ghp_ptr + (s * T + offs_m[:, None]) * RP + offs_r[None, :], mask=mask_m[:, None], other=0.0)
-        gh = acc.to(dtype)  # g·C, rounded like the torch path's GEMM output
+        gh = acc.to(g_ptr.dtype.element_ty)  # g·C, rounded like the torch path's GEMM output
         if pid_n == 0:
-            t = tl.load(
-                t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_m[:, None] & mask_r[None, :], other=0.0
+            _store_grad_u_partial(
+                gh, t_ptr, gu_ptr, pid_m, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP
             )
-            gu = _dot(tl.trans(gh), t, PRECISION, UPCAST) * alpha  # this block's Σ_i gh[i, m]·t[i, k]
-            tl.store(gu_ptr + pid_m * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
         if WRITE_GRAD_Y:
-            ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
-            d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
-            rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
-            start = pid_n * cols_per_share
-            for n0 in range(0, cols_per_share, BN):
-                offs_n = start + n0 + tl.arange(0, BN)
-                mask_mn = mask_m[:, None] & (offs_n < N)[None, :]
-                tile = offs_m[:, None] * N + offs_n[None, :]
-                g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
-                onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); padding rows match nothing
-                out = g.to(tl.float32) + tl.dot(d, onehot, input_precision="ieee")
-                tl.store(gy_ptr + tile, out.to(dtype), mask=mask_mn)
+            _store_grad_y(
+                gh, g_ptr, u_ptr, rows_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, pid_n * cols_per_share,
+                cols_per_share, N, R, alpha, PRECISION, UPCAST, BN,
+            )  # fmt: skip
 
     @triton.jit
     def _backward_rows_kernel(
@@ -205,38 +233,18 @@ if triton is not None:
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
-        dtype = g_ptr.dtype.element_ty
         offs_m = pid * BM + tl.arange(0, BM)
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
         mask_r = offs_r < R
-        acc = tl.zeros((BM, RP), dtype=tl.float32)
-        for n0 in range(0, N, BN):
-            offs_n = n0 + tl.arange(0, BN)
-            mask_n = offs_n < N
-            g = tl.load(
-                g_ptr + offs_m[:, None] * N + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0
-            )
-            c = tl.load(
-                c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
-            )
-            acc += _dot(g, c, PRECISION, UPCAST)
-        gh = acc.to(dtype)  # g·C, rounded like the torch path's GEMM output
-        t = tl.load(t_ptr + offs_m[:, None] * R + offs_r[None, :], mask=mask_m[:, None] & mask_r[None, :], other=0.0)
-        gu = _dot(tl.trans(gh), t, PRECISION, UPCAST) * alpha  # this block's Σ_i gh[i, m]·t[i, k]
-        tl.store(gu_ptr + pid * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
+        acc = _g_times_c(g_ptr, c_ptr, offs_m, mask_m, offs_r, mask_r, 0, N, N, R, PRECISION, UPCAST, BM, BN, RP)
+        gh = acc.to(g_ptr.dtype.element_ty)  # g·C, rounded like the torch path's GEMM output
+        _store_grad_u_partial(gh, t_ptr, gu_ptr, pid, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP)
         if WRITE_GRAD_Y:
-            ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
-            d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
-            rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
-            for n0 in range(0, N, BN):
-                offs_n = n0 + tl.arange(0, BN)
-                mask_mn = mask_m[:, None] & (offs_n < N)[None, :]
-                tile = offs_m[:, None] * N + offs_n[None, :]
-                g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
-                onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); padding rows match nothing
-                out = g.to(tl.float32) + tl.dot(d, onehot, input_precision="ieee")
-                tl.store(gy_ptr + tile, out.to(dtype), mask=mask_mn)
+            _store_grad_y(
+                gh, g_ptr, u_ptr, rows_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, 0, N, N, R, alpha,
+                PRECISION, UPCAST, BN,
+            )  # fmt: skip
 
 
 def forward(y2, c, u, rows, bias_rows, alpha: float):
