@@ -144,3 +144,48 @@ def test_compiled_layer_with_fused_kernels_matches_eager():
     for name, eager, compiled in zip(("out", "grad x", "grad U"), *results, strict=True):
         rel = ((compiled.float() - eager.float()).norm() / eager.float().norm()).item()
         assert rel < 1e-2, f"{name}: relative difference {rel:.2e}"
+
+
+# argument types of each kernel for an ahead-of-time compile: "a" is the activation dtype, constexprs last
+_KERNEL_ARGS = {
+    "_forward_kernel": (
+        "*a *a *fp32 *i64 *a *a *a i32 i32 i32 fp32 i32",
+        {"HAS_BIAS": True, "BM": 16, "BN": 128},
+    ),
+    "_backward_reduce_kernel": ("*a *a *fp32 i32 i32 i32 i32", {"BM": 32, "BN": 128}),
+    "_backward_scatter_kernel": (
+        "*a *fp32 *fp32 *a *i64 *a *fp32 i32 i32 i32 fp32 i32 i32",
+        {"WRITE_GRAD_Y": True, "BM": 32, "BN": 64},
+    ),
+    "_backward_rows_kernel": (
+        "*a *a *fp32 *a *i64 *a *fp32 i32 i32 i32 fp32",
+        {"WRITE_GRAD_Y": True, "BM": 32, "BN": 128},
+    ),
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_kernels_compile_for_an_h100_without_a_gpu(dtype):
+    """Triton's own compiler, down to PTX and ptxas for sm_90: catches what the interpreter does not check
+    (tl.dot shapes and types, constexpr use) on machines without a GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from curlora.tuner import kernels
+
+    if not _interpreter_loops_to_runtime_bounds():
+        pytest.skip("tested with Triton 3.9's ahead-of-time compile API")
+    constexprs = {"PRECISION": "ieee" if dtype == "fp32" else "tf32", "UPCAST": False, "RP": 16}
+    for name, (types, extra) in _KERNEL_ARGS.items():
+        fn = getattr(kernels, name)
+        consts = constexprs | extra
+        runtime_args = [a for a in fn.arg_names if a not in consts]
+        signature = dict(zip(runtime_args, types.replace("*a", f"*{dtype}").split(), strict=True))
+        signature |= dict.fromkeys(consts, "constexpr")
+        source = ASTSource(
+            fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}
+        )
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        assert f".entry {name}" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 1000, name
