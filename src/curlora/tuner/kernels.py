@@ -43,7 +43,8 @@ def usable(y: torch.Tensor, rank: int) -> bool:
     """Whether the fused kernels run: Triton present, a CUDA tensor under torch.compile (or the interpreter)."""
     if triton is None or os.environ.get("CURLORA_TRITON", "1") == "0":
         return False
-    if y.dtype not in _DTYPES or not 0 < rank <= _MAX_RANK:
+    # offsets inside the kernels are int32: larger activations take the torch ops
+    if y.dtype not in _DTYPES or not 0 < rank <= _MAX_RANK or y.numel() >= 2**31:
         return False
     if y.is_cuda:
         # only inside torch.compile: eagerly, Triton's Python launcher costs more host time per call than the
