@@ -23,7 +23,8 @@ train (forward + backward + AdamW step):
                   optimizer step stays eager). Compile time is reported separately (first warm-up call).
 inference (forward only, no grad):
   infer-base, infer-lora, infer-curlora, infer-curlora-torch, infer-curlora-xr,
-  infer-merged (CURLoRA after merge_and_unload)
+  infer-merged (CURLoRA after merge_and_unload); each also with -compile (the forward under torch.compile,
+  held against infer-base-compile; on CUDA the unmerged CURLoRA forward then runs the fused kernel)
 other:
   disk            save_pretrained of LoRA and CURLoRA adapters; adapter_model.safetensors sizes and ratio.
 
@@ -207,7 +208,7 @@ def parse_variant(name: str) -> tuple[str, bool]:
     if base not in TRAIN_BASES:
         raise SystemExit(
             f"unknown variant {name!r}; train variants: {', '.join(TRAIN_BASES)} (each also with -compile); "
-            f"inference: {', '.join(INFER_VARIANTS)}; and disk"
+            f"inference: {', '.join(INFER_VARIANTS)} (each also with -compile); and disk"
         )
     return base, compiled
 
@@ -240,7 +241,8 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
     hidden = backbone.config.hidden_size
     info: dict[str, Any] = {}
 
-    if name in INFER_VARIANTS:
+    if name.removesuffix("-compile") in INFER_VARIANTS:
+        compiled, name = name.endswith("-compile"), name.removesuffix("-compile")
         impl = {"infer-curlora-xr": "xr", "infer-curlora-torch": "torch"}.get(name, "library")
         # merging writes into the adapted weights: that variant gets its own copy of them
         model = share_copy(backbone, own=(lambda n: name == "infer-merged" and any(t in n for t in TARGET_MODULES)))
@@ -256,12 +258,22 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
         head = nn.Linear(hidden, 2, device=device, dtype=torch.float32).requires_grad_(False)
         model.eval()
 
-        def infer_step() -> torch.Tensor:
-            with torch.inference_mode():
-                out = model(inputs_embeds=emb, use_cache=False).last_hidden_state
-                return head(out[:, -1].float())
+        def logits(inputs: torch.Tensor) -> torch.Tensor:
+            out = model(inputs_embeds=inputs, use_cache=False).last_hidden_state
+            return head(out[:, -1].float())
 
-        return Runner(name, "infer", infer_step, [model, head], impl=impl, info=info)
+        fwd = torch.compile(logits, mode=args.compile_mode, dynamic=False) if compiled else logits
+
+        def infer_step() -> torch.Tensor:
+            # no_grad rather than inference_mode under torch.compile (CUDA-graph trees and inference tensors)
+            with torch.no_grad() if compiled else torch.inference_mode():
+                return fwd(emb)
+
+        graphs = compiled and device.type == "cuda" and args.compile_mode in CUDA_GRAPH_MODES
+        label = f"{name}-compile" if compiled else name
+        return Runner(
+            label, "infer", infer_step, [model, head], impl=impl, compiled=compiled, cuda_graphs=graphs, info=info
+        )
 
     base, compiled = parse_variant(name)
     model = share_copy(backbone)
@@ -577,6 +589,11 @@ def checks(model: str, results: dict[str, Any], device_type: str) -> list[dict[s
             _ratio(peak.get(name), peak.get(floor)), 1.02)  # fmt: skip
     add("infer-merged / infer-base", time_ratio(results, "infer-merged", "infer-base"), 1.01)
     add("infer-curlora (unmerged) / infer-base", time_ratio(results, "infer-curlora", "infer-base"), 1.03)
+    for suffix in ("-compile",):  # compiled inference against the compiled base, where measured
+        add(f"infer-merged{suffix} / infer-base{suffix}",
+            time_ratio(results, f"infer-merged{suffix}", f"infer-base{suffix}"), 1.01)  # fmt: skip
+        add(f"infer-curlora{suffix} (unmerged) / infer-base{suffix}",
+            time_ratio(results, f"infer-curlora{suffix}", f"infer-base{suffix}"), 1.03)  # fmt: skip
     if "disk" in results:
         add("curlora adapter file / lora adapter file", results["disk"]["ratio"], 0.01)
     return out
@@ -613,7 +630,8 @@ def render(report: dict[str, Any]) -> str:
             if res.get("profile_device_busy_ms") is not None:
                 notes.append(f"GPU busy {res['profile_device_busy_ms']:.1f} ms/step")
             if r.get("time_vs_floor_compile") is not None:
-                notes.append(f"×floor-compile {r['time_vs_floor_compile']:.3f}")
+                ref = "infer-base" if res["kind"] == "infer" else "floor"
+                notes.append(f"×{ref}-compile {r['time_vs_floor_compile']:.3f}")
             lines.append(
                 f"{name:<24}{res['ms_median']:>10.2f}{res['ms_min']:>10.2f}{_fmt(r.get('time_vs_floor')):>8}"
                 f"{_fmt(r.get('time_vs_lora')):>8}{_fmt(peak and peak / 2**20, '.1f'):>10}"
@@ -725,7 +743,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         inductor_config.force_disable_caches = True
     variants = ALL_VARIANTS if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
-        if v not in INFER_VARIANTS and v != "disk":
+        if v.removesuffix("-compile") not in INFER_VARIANTS and v != "disk":
             parse_variant(v)
     report: dict[str, Any] = {
         "schema": SCHEMA,

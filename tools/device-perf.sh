@@ -26,7 +26,7 @@ case $part in
     fi ;;
   compile)  # CUDA graphs through inductor (mode reduce-overhead), the small model where launches dominate
     timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-smollm2-135m,llama-1b} \
-      --variants ${VARIANTS:-floor-compile,lora-compile,curlora-compile,curlora-torch-compile} --steps ${STEPS:-30} --warmup 4 \
+      --variants ${VARIANTS:-floor-compile,lora-compile,curlora-compile,curlora-torch-compile,infer-base-compile,infer-curlora-compile} --steps ${STEPS:-30} --warmup 4 \
       --compile-mode reduce-overhead ${PROFILE:+--profile /tmp/profile} ${EXTRA:-} --out $OUT/gpu-compile-ro.json \
       > $OUT/compile.log 2>&1
     echo "compile exit $?"; grep -v "^\s*\[" $OUT/compile.log | tail -30; grep "\[" $OUT/compile.log | grep -v info
