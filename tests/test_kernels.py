@@ -165,8 +165,8 @@ _KERNEL_ARGS = {
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_kernels_compile_for_an_h100_without_a_gpu(dtype):
+@pytest.mark.parametrize(("dtype", "rank_block"), [("bf16", 16), ("fp32", 16), ("bf16", 64)])
+def test_kernels_compile_for_an_h100_without_a_gpu(dtype, rank_block):
     """Triton's own compiler, down to PTX and ptxas for sm_90: catches what the interpreter does not check
     (tl.dot shapes and types, constexpr use) on machines without a GPU."""
     import triton
@@ -177,7 +177,8 @@ def test_kernels_compile_for_an_h100_without_a_gpu(dtype):
 
     if not _interpreter_loops_to_runtime_bounds():
         pytest.skip("tested with Triton 3.9's ahead-of-time compile API")
-    constexprs = {"PRECISION": "ieee" if dtype == "fp32" else "tf32", "UPCAST": False, "RP": 16}
+    # rank blocks 16 (r ≤ 16) to 64 (the largest rank the kernels take)
+    constexprs = {"PRECISION": "ieee" if dtype == "fp32" else "tf32", "UPCAST": False, "RP": rank_block}
     for name, (types, extra) in _KERNEL_ARGS.items():
         fn = getattr(kernels, name)
         consts = constexprs | extra
