@@ -49,42 +49,43 @@ class _FromBaseOutput(torch.autograd.Function):
 
     @staticmethod
     def compute(y, c, u, rows, bias_rows, alpha: float, fused: bool):
-        """(out, t) with t = y[..., rows] − b[rows]; also used directly where no gradient is needed."""
+        """(out, t, αU) with t = y[..., rows] − b[rows]; αU is None when fused (the kernels form it themselves).
+        Also used directly where no gradient is needed."""
         y2 = y.reshape(-1, c.shape[0])
         if fused:
             out, t = kernels.forward(y2, c, u, rows, bias_rows, alpha)
-            return out.view(y.shape), t
+            return out.view(y.shape), t, None
         t = y2.index_select(1, rows)
         if bias_rows is not None:
             t = t - bias_rows
         ua = _scaled_u(u, alpha, c.dtype)
-        return torch.addmm(y2, t.mm(ua.t()), c.t()).view(y.shape), t
+        return torch.addmm(y2, t.mm(ua.t()), c.t()).view(y.shape), t, ua
 
     @staticmethod
     def forward(ctx, y, c, u, rows, bias_rows, alpha: float, fused: bool):
-        out, t = _FromBaseOutput.compute(y, c, u, rows, bias_rows, alpha, fused)
-        ctx.save_for_backward(t, u, c, rows)
-        ctx.alpha, ctx.fused = alpha, fused
+        out, t, ua = _FromBaseOutput.compute(y, c, u, rows, bias_rows, alpha, fused)
+        # the torch ops reuse the forward's αU; the kernels take U as it is
+        ctx.save_for_backward(t, u if fused else ua, c, rows)
+        ctx.alpha, ctx.fused, ctx.u_dtype = alpha, fused, u.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        t, u, c, rows = ctx.saved_tensors
+        t, u_or_ua, c, rows = ctx.saved_tensors
         g2 = grad_out.reshape(-1, c.shape[0])
         need_y, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         if ctx.fused:
-            grad_y, grad_u = kernels.backward(g2, t, c, u, rows, ctx.alpha, need_grad_y=need_y)
+            grad_y, grad_u = kernels.backward(g2, t, c, u_or_ua, rows, ctx.alpha, need_grad_y=need_y)
             grad_y = None if grad_y is None else grad_y.view(grad_out.shape)
-            return grad_y, None, grad_u.to(u.dtype) if need_u else None, None, None, None, None
+            return grad_y, None, grad_u.to(ctx.u_dtype) if need_u else None, None, None, None, None
         gh = g2.mm(c)
         grad_y = grad_u = None
         if need_u:
-            grad_u = gh.t().mm(t).to(u.dtype)
+            grad_u = gh.t().mm(t).to(ctx.u_dtype)
             if ctx.alpha != 1.0:
                 grad_u = grad_u * ctx.alpha
         if need_y:
-            ua = _scaled_u(u, ctx.alpha, c.dtype)
-            grad_y = g2.index_add(1, rows, gh.mm(ua)).view(grad_out.shape)
+            grad_y = g2.index_add(1, rows, gh.mm(u_or_ua)).view(grad_out.shape)
         return grad_y, None, grad_u, None, None, None, None
 
 
