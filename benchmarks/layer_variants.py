@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curlora.tuner import kernels
 from curlora.tuner.layer import CURLoRALinear, _scaled_u
 
 
@@ -90,9 +91,7 @@ class TorchOpsCURLoRALinear(CURLoRALinear):
 
 class TritonCURLoRALinear(CURLoRALinear):
     def _fused_kernels(self, result: torch.Tensor, rank: int) -> bool:
-        from curlora.tuner import kernels
-
-        return kernels.triton is not None and result.is_cuda and result.dtype in kernels._DTYPES
+        return kernels.usable(result, rank, eager=True)
 
 
 class XRCURLoRALinear(CURLoRALinear):

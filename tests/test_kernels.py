@@ -88,7 +88,7 @@ def check_kernels(device: str) -> list[str]:
     return failures
 
 
-def _interpreter_loops_to_runtime_bounds() -> bool:
+def _triton_at_least_3_9() -> bool:
     import triton
 
     return tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
@@ -96,7 +96,7 @@ def _interpreter_loops_to_runtime_bounds() -> bool:
 
 @needs_triton
 def test_fused_kernels_match_reference_in_interpreter():
-    if not _interpreter_loops_to_runtime_bounds():
+    if not _triton_at_least_3_9():
         pytest.skip("older Triton interpreters (3.6 seen) cannot loop to a runtime bound; tested with Triton 3.9")
     # deterministic mode fills torch.empty with NaN: a kernel that reads memory it never wrote fails here too
     code = (
@@ -175,7 +175,7 @@ def test_kernels_compile_for_an_h100_without_a_gpu(dtype, rank_block):
 
     from curlora.tuner import kernels
 
-    if not _interpreter_loops_to_runtime_bounds():
+    if not _triton_at_least_3_9():
         pytest.skip("tested with Triton 3.9's ahead-of-time compile API")
     # rank blocks 16 (r ≤ 16) to 64 (the largest rank the kernels take)
     constexprs = {"PRECISION": "ieee" if dtype == "fp32" else "tf32", "UPCAST": False, "RP": rank_block}

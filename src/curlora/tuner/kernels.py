@@ -20,6 +20,7 @@ Rounding follows the torch path where it rounds (h and g·C to the activation dt
 and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
 never TF32. `TRITON_INTERPRET=1` runs the kernels on CPU tensors, which is how the tests check them without a
 GPU. benchmarks/kernel_sweep.py times launch configurations against the torch ops and the bandwidth bound.
+`CURLORA_TRITON=0` in the environment (read at import) turns the kernels off.
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ except ImportError:  # CPU-only installs: the torch formulation is used
     triton = None
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_DISABLED = os.environ.get("CURLORA_TRITON", "1") == "0"  # read once: `usable` runs on every adapted forward
 _MAX_RANK = 64  # a block of r × r fp32 values per program; larger ranks use the torch ops
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def usable(y: torch.Tensor, rank: int) -> bool:
-    """Whether the fused kernels run: Triton present, a CUDA tensor under torch.compile (or the interpreter)."""
-    if triton is None or os.environ.get("CURLORA_TRITON", "1") == "0":
+def usable(y: torch.Tensor, rank: int, *, eager: bool = False) -> bool:
+    """Whether the fused kernels run: Triton present, a CUDA tensor under torch.compile (or the interpreter).
+    `eager=True` also allows them outside torch.compile (the benchmarks' `curlora-triton` variant)."""
+    if triton is None or _DISABLED:
         return False
     # offsets inside the kernels are int32: larger activations take the torch ops
     if y.dtype not in _DTYPES or not 0 < rank <= _MAX_RANK or y.numel() >= 2**31:
@@ -49,7 +52,7 @@ def usable(y: torch.Tensor, rank: int) -> bool:
     if y.is_cuda:
         # only inside torch.compile: eagerly, Triton's Python launcher costs more host time per call than the
         # ~9 torch launches it replaces, and small models are host-bound (docs/BENCHMARKS.md)
-        return torch.compiler.is_compiling()
+        return eager or torch.compiler.is_compiling()
     # the interpreter runs eagerly on CPU tensors; inside torch.compile a CPU graph has no Triton to call
     return _INTERPRET and y.device.type == "cpu" and not torch.compiler.is_compiling()
 
