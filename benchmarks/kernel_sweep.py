@@ -1,8 +1,9 @@
 """GPU-side time of the fused CURLoRA kernels (curlora.tuner.kernels) over launch configurations, per q/k/v shape.
 
 Times come from CUDA graphs (triton.testing.do_bench_cudagraph), so they are kernel time without Python launch
-cost, as inside a compiled training step. Printed per shape: the torch-ops path, the current configuration,
-the best configuration found, and the bandwidth bound (bytes that must move / the measured copy bandwidth).
+cost, as inside a compiled training step. Printed per shape: the torch-ops path, the current configuration
+(forward, and whichever backward design the library picks for the shape), the best configurations of each
+kernel (both backward designs swept), and the bandwidth bound (bytes that must move / the measured copy bandwidth).
 
     python benchmarks/kernel_sweep.py            # needs a CUDA GPU and Triton
 """
@@ -30,22 +31,24 @@ def _inputs(tokens, width):
     return y, c, u, rows
 
 
-def _ms(fn) -> float:
+def _us(fn) -> float:  # do_bench_cudagraph reports ms
     return do_bench_cudagraph(fn, rep=40) * 1e3  # µs
 
 
-def _sweep(config: dict, grid: list[tuple], fn) -> dict[tuple, float]:
-    """µs of fn() for each (rows, tile, per_sm, warps) in grid, set into `config` (restored afterwards)."""
+def _sweep(config: dict, grid: list[tuple], fn, keys=("rows", "tile", "per_sm", "warps")) -> dict[tuple, float]:
+    """µs of fn() for each point of `grid`, its values set into `config` under `keys` (restored afterwards)."""
     saved = dict(config)
     times = {}
-    for rows, tile, per_sm, warps in grid:
-        config.update(rows=rows, tile=tile, per_sm=per_sm, warps=warps)
-        times[(rows, tile, per_sm, warps)] = _ms(fn)
+    for point in grid:
+        config.update(zip(keys, point, strict=True))
+        times[point] = _us(fn)
+    config.clear()
     config.update(saved)
     return times
 
 
 GRID = list(itertools.product([16, 32], [64, 128, 256], [2, 4, 8], [4]))  # rows, tile, per SM, warps
+ROWS_GRID = list(itertools.product([16, 32], [64, 128, 256], [4, 8]))  # the one-kernel backward: rows, tile, warps
 
 
 def _best(times: dict) -> str:
@@ -73,23 +76,30 @@ def sweep_shape(tokens: int, width: int, bandwidth: float) -> None:
     def fused_bwd():
         return kernels.backward(g, t, c, u, rows, 1.0, True)
 
-    now_f, now_b = _ms(fused_fwd), _ms(fused_bwd)
+    now_f, now_b = _us(fused_fwd), _us(fused_bwd)
     fwd = _sweep(kernels._FORWARD, GRID, fused_fwd)
+    # each backward design in turn, whichever the library picks for this shape
+    switch = kernels._BACKWARD_ROWS["min_programs_per_sm"]
+    kernels._BACKWARD_ROWS["min_programs_per_sm"] = float("inf")  # the split backward
     reduce = _sweep(kernels._BACKWARD_REDUCE, GRID, fused_bwd)
     scatter = _sweep(kernels._BACKWARD_SCATTER, GRID, fused_bwd)
+    kernels._BACKWARD_ROWS["min_programs_per_sm"] = 0  # the one-kernel backward
+    one_kernel = _sweep(kernels._BACKWARD_ROWS, ROWS_GRID, fused_bwd, keys=("rows", "tile", "warps"))
+    kernels._BACKWARD_ROWS["min_programs_per_sm"] = switch
     print(
-        f"{tokens}x{width}: bound {bound:5.1f} | forward torch {_ms(torch_fwd):5.1f} fused {now_f:5.1f} "
-        f"| backward torch {_ms(torch_bwd):5.1f} fused {now_b:5.1f}"
+        f"{tokens}x{width}: bound {bound:5.1f} | forward torch {_us(torch_fwd):5.1f} fused {now_f:5.1f} "
+        f"| backward torch {_us(torch_bwd):5.1f} fused {now_b:5.1f}"
     )
     print(f"   forward best {_best(fwd)}")
     print(f"   backward, reduce kernel best {_best(reduce)}")
     print(f"   backward, scatter kernel best {_best(scatter)}")
+    print(f"   backward, one kernel per block of rows best {_best(one_kernel)}")
 
 
 def main() -> None:
     copy_src = torch.empty(256 * 2**20, device="cuda", dtype=torch.uint8)
     copy_dst = torch.empty_like(copy_src)
-    bandwidth = 2 * copy_src.numel() / (_ms(lambda: copy_dst.copy_(copy_src)) * 1e-6)  # bytes/s, read + write
+    bandwidth = 2 * copy_src.numel() / (_us(lambda: copy_dst.copy_(copy_src)) * 1e-6)  # bytes/s, read + write
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; times in µs (CUDA graphs)")
     for tokens, width in SHAPES:
         sweep_shape(tokens, width, bandwidth)
