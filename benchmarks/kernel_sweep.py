@@ -48,6 +48,7 @@ def _sweep(config: dict, grid: list[tuple], fn, keys=("rows", "tile", "per_sm", 
 
 
 GRID = list(itertools.product([16, 32], [64, 128, 256], [2, 4, 8], [4]))  # rows, tile, per SM, warps
+FINISH_GRID = list(itertools.product([16, 32, 64], [4, 8]))  # the split backward's second kernel: rows, warps
 ROWS_GRID = list(itertools.product([16, 32], [64, 128, 256], [4, 8]))  # the one-kernel backward: rows, tile, warps
 
 
@@ -82,7 +83,7 @@ def sweep_shape(tokens: int, width: int, bandwidth: float) -> None:
     switch = kernels._BACKWARD_ROWS["min_programs_per_sm"]
     kernels._BACKWARD_ROWS["min_programs_per_sm"] = float("inf")  # the split backward
     reduce = _sweep(kernels._BACKWARD_REDUCE, GRID, fused_bwd)
-    scatter = _sweep(kernels._BACKWARD_SCATTER, GRID, fused_bwd)
+    finish = _sweep(kernels._BACKWARD_FINISH, FINISH_GRID, fused_bwd, keys=("rows", "warps"))
     kernels._BACKWARD_ROWS["min_programs_per_sm"] = 0  # the one-kernel backward
     one_kernel = _sweep(kernels._BACKWARD_ROWS, ROWS_GRID, fused_bwd, keys=("rows", "tile", "warps"))
     kernels._BACKWARD_ROWS["min_programs_per_sm"] = switch
@@ -92,7 +93,7 @@ def sweep_shape(tokens: int, width: int, bandwidth: float) -> None:
     )
     print(f"   forward best {_best(fwd)}")
     print(f"   backward, reduce kernel best {_best(reduce)}")
-    print(f"   backward, scatter kernel best {_best(scatter)}")
+    print(f"   backward, finish kernel best {_best(finish)}")
     print(f"   backward, one kernel per block of rows best {_best(one_kernel)}")
 
 

@@ -9,12 +9,12 @@ columns), so that even a small batch fills the GPU:
 - forward: `h = (y[:, rows] − b[rows])·(αU)ᵀ` once per block of rows (r gathered values per row: uncoalesced
   loads, amortised over the block's columns), then `out = y + h·Cᵀ` tile by tile; α·U is formed in the kernel;
 - backward 1: partial sums of `gh = g·C` (a reduction over the output width), one per share of the columns;
-- backward 2: `gh` = the sum of those partials, `d = gh·(αU)`, then `grad_y = g + d·S` tile by tile, S the
-  r × out one-hot of `rows` (repeated rows add up); the first share of each block also writes its partial of
-  the gradient for U, `ghᵀ·t`, which torch sums. No atomics anywhere, so results are deterministic.
+  the same pass writes `grad_y = g` on every column but the r selected ones, so g is read once;
+- backward 2 (one program per block of rows): `gh` = the sum of those partials, `d = gh·(αU)`, then the r
+  selected columns `grad_y[:, rows] = g[:, rows] + d` (repeated rows add up), and this block's partial of the
+  gradient for U, `ghᵀ·t`, which torch sums. No atomics anywhere, so results are deterministic.
 - with many tokens (enough blocks of rows to fill the GPU on their own) both backward steps run as one kernel
-  per block of rows: `gh` over the whole width, then a second pass over the same rows (from L2) for `grad_y`;
-  one launch fewer, which is what counts at these sizes.
+  per block of rows: one launch fewer, which is what counts at these sizes.
 
 Rounding follows the torch path where it rounds (h and g·C to the activation dtype before the next product)
 and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
@@ -70,7 +70,7 @@ def _precision(x: torch.Tensor) -> str:
 # (chosen with benchmarks/kernel_sweep.py on an H100)
 _FORWARD = {"rows": 16, "tile": 128, "per_sm": 4, "warps": 4}
 _BACKWARD_REDUCE = {"rows": 32, "tile": 128, "per_sm": 2, "warps": 4}
-_BACKWARD_SCATTER = {"rows": 32, "tile": 64, "per_sm": 4, "warps": 4}
+_BACKWARD_FINISH = {"rows": 32, "warps": 4}
 # many tokens: one backward kernel per block of rows (g·C, then grad y from L2) beats two kernels over more programs
 _BACKWARD_ROWS = {"rows": 32, "tile": 128, "min_programs_per_sm": 1.5, "warps": 4}
 
@@ -141,22 +141,32 @@ if triton is not None:
             tl.store(out_ptr + tile, out.to(dtype), mask=mask_mn)
 
     @triton.jit
+    def _is_selected(rows, offs_n):
+        """(BN,) whether each column is one of `rows` (padding rows are −1 and match nothing)."""
+        return tl.sum((rows[:, None] == offs_n[None, :]).to(tl.int32), axis=0) > 0
+
+    @triton.jit
     def _g_times_c(
-        g_ptr, c_ptr, offs_m, mask_m, offs_r, mask_r, start, cols, N, R,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+        g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, start, cols, N, R,
+        COPY_G: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
-        """g·C over the columns start .. start + cols (masked at N) for one block of rows: (BM, RP) in fp32."""
+        """g·C over the columns start .. start + cols (masked at N) for one block of rows: (BM, RP) in fp32.
+        With COPY_G the same pass writes grad_y = g on those columns except the selected ones, which
+        `_store_selected_grad_y` writes once g·C is complete: one read of g for the whole backward."""
         acc = tl.zeros((BM, RP), dtype=tl.float32)
         for n0 in range(0, cols, BN):  # a range over scalars only (Triton's interpreter)
             offs_n = start + n0 + tl.arange(0, BN)
             mask_n = offs_n < N
-            g = tl.load(
-                g_ptr + offs_m[:, None] * N + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0
-            )
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            tile = offs_m[:, None] * N + offs_n[None, :]
+            g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
             c = tl.load(
                 c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
             )
             acc += _dot(g, c, PRECISION, UPCAST)
+            if COPY_G:
+                tl.store(gy_ptr + tile, g, mask=mask_mn & ~_is_selected(rows, offs_n)[None, :])
         return acc
 
     @triton.jit
@@ -170,43 +180,25 @@ if triton is not None:
         tl.store(gu_ptr + block * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
 
     @triton.jit
-    def _store_grad_y(
-        gh, g_ptr, u_ptr, rows_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, start, cols, N, R, alpha,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BN: tl.constexpr,
+    def _store_selected_grad_y(
+        gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
-        """grad_y = g + d·S over the columns start .. start + cols, d = gh·(αU), S the one-hot of `rows`."""
+        """grad_y[:, rows[k]] = g[:, rows[k]] + Σ_{k' : rows[k'] = rows[k]} d[:, k'] with d = gh·(αU): the r
+        columns the adapter reads; a repeated row gets the sum of its entries, written identically by each."""
         dtype = g_ptr.dtype.element_ty
         ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
         d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
-        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
-        for n0 in range(0, cols, BN):
-            offs_n = start + n0 + tl.arange(0, BN)
-            mask_mn = mask_m[:, None] & (offs_n < N)[None, :]
-            tile = offs_m[:, None] * N + offs_n[None, :]
-            g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
-            onehot = (rows[:, None] == offs_n[None, :]).to(tl.float32)  # (RP, BN); padding rows match nothing
-            out = g.to(tl.float32) + tl.dot(d, onehot, input_precision="ieee")
-            tl.store(gy_ptr + tile, out.to(dtype), mask=mask_mn)
+        same = ((rows[:, None] == rows[None, :]) & mask_r[:, None] & mask_r[None, :]).to(tl.float32)
+        d = tl.dot(d, same, input_precision="ieee")  # summed over repeated rows, in fp32
+        mask = mask_m[:, None] & mask_r[None, :]
+        selected = offs_m[:, None] * N + rows[None, :]
+        g = tl.load(g_ptr + selected, mask=mask, other=0.0)
+        tl.store(gy_ptr + selected, (g.to(tl.float32) + d).to(dtype), mask=mask)
 
     @triton.jit
     def _backward_reduce_kernel(
-        g_ptr, c_ptr, ghp_ptr, T, N, R, cols_per_share,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
-    ):  # fmt: skip
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_r = tl.arange(0, RP)
-        mask_m = offs_m < T
-        acc = _g_times_c(
-            g_ptr, c_ptr, offs_m, mask_m, offs_r, offs_r < R, pid_n * cols_per_share, cols_per_share, N, R,
-            PRECISION, UPCAST, BM, BN, RP,
-        )  # fmt: skip
-        tl.store(ghp_ptr + (pid_n * T + offs_m[:, None]) * RP + offs_r[None, :], acc, mask=mask_m[:, None])
-
-    @triton.jit
-    def _backward_scatter_kernel(
-        g_ptr, ghp_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha, reduce_shares, cols_per_share,
+        g_ptr, c_ptr, rows_ptr, gy_ptr, ghp_ptr, T, N, R, cols_per_share,
         WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
@@ -216,19 +208,34 @@ if triton is not None:
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
         mask_r = offs_r < R
+        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
+        acc = _g_times_c(
+            g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, pid_n * cols_per_share, cols_per_share,
+            N, R, WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
+        )  # fmt: skip
+        tl.store(ghp_ptr + (pid_n * T + offs_m[:, None]) * RP + offs_r[None, :], acc, mask=mask_m[:, None])
+
+    @triton.jit
+    def _backward_finish_kernel(
+        g_ptr, ghp_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha, reduce_shares,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        offs_m = pid * BM + tl.arange(0, BM)
+        offs_r = tl.arange(0, RP)
+        mask_m = offs_m < T
+        mask_r = offs_r < R
         acc = tl.zeros((BM, RP), dtype=tl.float32)
         for s in range(0, reduce_shares):
             acc += tl.load(ghp_ptr + (s * T + offs_m[:, None]) * RP + offs_r[None, :], mask=mask_m[:, None], other=0.0)
         gh = acc.to(g_ptr.dtype.element_ty)  # g·C, rounded like the torch path's GEMM output
-        if pid_n == 0:
-            _store_grad_u_partial(
-                gh, t_ptr, gu_ptr, pid_m, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP
-            )
+        _store_grad_u_partial(gh, t_ptr, gu_ptr, pid, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP)
         if WRITE_GRAD_Y:
-            _store_grad_y(
-                gh, g_ptr, u_ptr, rows_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, pid_n * cols_per_share,
-                cols_per_share, N, R, alpha, PRECISION, UPCAST, BN,
-            )  # fmt: skip
+            rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
+            _store_selected_grad_y(
+                gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
+            )
 
     @triton.jit
     def _backward_rows_kernel(
@@ -241,14 +248,17 @@ if triton is not None:
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
         mask_r = offs_r < R
-        acc = _g_times_c(g_ptr, c_ptr, offs_m, mask_m, offs_r, mask_r, 0, N, N, R, PRECISION, UPCAST, BM, BN, RP)
+        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
+        acc = _g_times_c(
+            g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, 0, N, N, R,
+            WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
+        )  # fmt: skip
         gh = acc.to(g_ptr.dtype.element_ty)  # g·C, rounded like the torch path's GEMM output
         _store_grad_u_partial(gh, t_ptr, gu_ptr, pid, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP)
         if WRITE_GRAD_Y:
-            _store_grad_y(
-                gh, g_ptr, u_ptr, rows_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, 0, N, N, R, alpha,
-                PRECISION, UPCAST, BN,
-            )  # fmt: skip
+            _store_selected_grad_y(
+                gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
+            )
 
 
 def forward(y2, c, u, rows, bias_rows, alpha: float):
@@ -286,18 +296,17 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
         return grad_y, partial_gu.sum(0)[:rank, :rank]
     reduce_grid, reduce_cols = _grid(tokens, width, _BACKWARD_REDUCE, g2.device)
     partial_gh = torch.empty(reduce_grid[1], tokens, rank_block, device=g2.device, dtype=torch.float32)
-    _backward_reduce_kernel[reduce_grid](
-        g2, c, partial_gh, tokens, width, rank, reduce_cols,
-        BM=_BACKWARD_REDUCE["rows"], BN=_BACKWARD_REDUCE["tile"], num_warps=_BACKWARD_REDUCE["warps"], **common,
-    )  # fmt: skip
-    grid, cols_per_share = _grid(tokens, width, _BACKWARD_SCATTER, g2.device)
-    if not need_grad_y:
-        grid = (grid[0], 1)  # only the gradient for U: one program per block of rows
-    partial_gu = torch.empty(grid[0], rank_block, rank_block, device=g2.device, dtype=torch.float32)
     grad_y = torch.empty_like(g2) if need_grad_y else None
-    _backward_scatter_kernel[grid](
+    _backward_reduce_kernel[reduce_grid](
+        g2, c, rows, g2 if grad_y is None else grad_y, partial_gh, tokens, width, rank, reduce_cols,
+        WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_REDUCE["rows"], BN=_BACKWARD_REDUCE["tile"],
+        num_warps=_BACKWARD_REDUCE["warps"], **common,
+    )  # fmt: skip
+    finish_blocks = triton.cdiv(tokens, _BACKWARD_FINISH["rows"])
+    partial_gu = torch.empty(finish_blocks, rank_block, rank_block, device=g2.device, dtype=torch.float32)
+    _backward_finish_kernel[(finish_blocks,)](
         g2, partial_gh, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
-        reduce_grid[1], cols_per_share, WRITE_GRAD_Y=need_grad_y,
-        BM=_BACKWARD_SCATTER["rows"], BN=_BACKWARD_SCATTER["tile"], num_warps=_BACKWARD_SCATTER["warps"], **common,
+        reduce_grid[1], WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_FINISH["rows"], num_warps=_BACKWARD_FINISH["warps"],
+        **common,
     )  # fmt: skip
     return grad_y, partial_gu.sum(0)[:rank, :rank]
