@@ -9,9 +9,9 @@ columns), so that even a small batch fills the GPU:
 - forward: `h = (y[:, rows] − b[rows])·(αU)ᵀ` once per block of rows (r gathered values per row: uncoalesced
   loads, amortised over the block's columns), then `out = y + h·Cᵀ` tile by tile; α·U is formed in the kernel;
 - backward 1: partial sums of `gh = g·C` (a reduction over the output width), one per share of the columns;
-  the same pass writes `grad_y = g` on every column but the r selected ones, so g is read once;
+  the same pass copies g into `grad_y`, so g is read once;
 - backward 2 (one program per block of rows): `gh` = the sum of those partials, `d = gh·(αU)`, then the r
-  selected columns `grad_y[:, rows] = g[:, rows] + d` (repeated rows add up), and this block's partial of the
+  selected columns are overwritten with `g[:, rows] + d` (repeated rows add up), and this block's partial of the
   gradient for U, `ghᵀ·t`, which torch sums. No atomics anywhere, so results are deterministic.
 - with many tokens (enough blocks of rows to fill the GPU on their own) both backward steps run as one kernel
   per block of rows: one launch fewer, which is what counts at these sizes.
@@ -141,19 +141,14 @@ if triton is not None:
             tl.store(out_ptr + tile, out.to(dtype), mask=mask_mn)
 
     @triton.jit
-    def _is_selected(rows, offs_n):
-        """(BN,) whether each column is one of `rows` (padding rows are −1 and match nothing)."""
-        return tl.sum((rows[:, None] == offs_n[None, :]).to(tl.int32), axis=0) > 0
-
-    @triton.jit
     def _g_times_c(
         g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, start, cols, N, R,
         COPY_G: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
         """g·C over the columns start .. start + cols (masked at N) for one block of rows: (BM, RP) in fp32.
-        With COPY_G the same pass writes grad_y = g on those columns except the selected ones, which
-        `_store_selected_grad_y` writes once g·C is complete: one read of g for the whole backward."""
+        With COPY_G the same pass writes grad_y = g on those columns; `_store_selected_grad_y` overwrites the
+        r selected ones once g·C is complete: one read of g for the whole backward."""
         acc = tl.zeros((BM, RP), dtype=tl.float32)
         for n0 in range(0, cols, BN):  # a range over scalars only (Triton's interpreter)
             offs_n = start + n0 + tl.arange(0, BN)
@@ -165,8 +160,8 @@ if triton is not None:
                 c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
             )
             acc += _dot(g, c, PRECISION, UPCAST)
-            if COPY_G:
-                tl.store(gy_ptr + tile, g, mask=mask_mn & ~_is_selected(rows, offs_n)[None, :])
+            if COPY_G:  # all columns: a mask that skipped the selected ones would cost the stores' vectorisation
+                tl.store(gy_ptr + tile, g, mask=mask_mn)
         return acc
 
     @triton.jit
@@ -256,6 +251,7 @@ if triton is not None:
         gh = acc.to(g_ptr.dtype.element_ty)  # g·C, rounded like the torch path's GEMM output
         _store_grad_u_partial(gh, t_ptr, gu_ptr, pid, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP)
         if WRITE_GRAD_Y:
+            tl.debug_barrier()  # the copy of g into grad_y (other threads) lands before its r columns are overwritten
             _store_selected_grad_y(
                 gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
             )
