@@ -68,11 +68,12 @@ def _precision(x: torch.Tensor) -> str:
 
 # launch configuration: rows per program, columns per tile, programs per SM to aim for, warps
 # (chosen with benchmarks/kernel_sweep.py on an H100)
-_FORWARD = {"rows": 16, "tile": 128, "per_sm": 4, "warps": 4}
+_FORWARD = {"rows": 16, "tile": 256, "per_sm": 2, "warps": 4}
 _BACKWARD_REDUCE = {"rows": 32, "tile": 128, "per_sm": 2, "warps": 4}
 _BACKWARD_FINISH = {"rows": 32, "warps": 4}
-# many tokens: one backward kernel per block of rows (g·C, then grad y from L2) beats two kernels over more programs
-_BACKWARD_ROWS = {"rows": 32, "tile": 128, "min_programs_per_sm": 1.5, "warps": 4}
+# once the blocks of rows alone about fill the GPU, one backward kernel per block of rows beats two kernels over
+# more programs (H100: 4096 tokens and more)
+_BACKWARD_ROWS = {"rows": 32, "tile": 128, "min_programs_per_sm": 0.9, "warps": 4}
 
 
 def _sm_count(device: torch.device) -> int:
