@@ -351,12 +351,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(runner: Runner, device: torch.device) -> float:
+def timed(runner: Runner, device: torch.device, back_to_back: int = 1) -> float:
+    """Seconds per step of `back_to_back` steps run without a synchronisation between them: 1 times one step
+    from an idle GPU to its end (host work before the first kernel counts in full); more lets the host queue
+    step n + 1 while the GPU runs step n, as a training loop does that does not read the loss every step."""
     _sync(device)
     t0 = time.perf_counter()
-    loss = runner.run()
+    for _ in range(back_to_back):
+        loss = runner.run()
     _sync(device)
-    elapsed = time.perf_counter() - t0
+    elapsed = (time.perf_counter() - t0) / back_to_back
     if loss is not None and runner.kind == "train":
         runner.losses.append(float(loss))
     return elapsed
@@ -481,12 +485,12 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype, variant
             for i in range(args.steps):  # round i times every variant once, starting at a rotating offset
                 k = i % len(runners) if runners else 0
                 for runner in runners[k:] + runners[:k]:
-                    runner.times.append(timed(runner, device))
+                    runner.times.append(timed(runner, device, args.back_to_back))
                 gc.collect()
         else:
             for runner in runners:
                 for _ in range(args.steps):
-                    runner.times.append(timed(runner, device))
+                    runner.times.append(timed(runner, device, args.back_to_back))
                     gc.collect()
     finally:
         gc.enable()
@@ -614,7 +618,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"== {model}: {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, batch {m['batch']} × "
-            f"seq {m['seq']}, rank {s['rank']} on {','.join(TARGET_MODULES)}; median of {s['steps']} steps =="
+            f"seq {m['seq']}, rank {s['rank']} on {','.join(TARGET_MODULES)}; median of {s['steps']} steps"
+            f"{'' if s.get('back_to_back', 1) == 1 else ', timed ' + str(s['back_to_back']) + ' back to back'} =="
         )
         lines.append(
             f"{'variant':<24}{'ms':>10}{'min ms':>10}{'×floor':>8}{'×lora':>8}{'peak MiB':>10}{'×floor':>8}"
@@ -685,6 +690,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma separated or 'all'; default {DEFAULT_VARIANTS}")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: cuda 20, cpu 5)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default: cuda 5, cpu 2)")
+    p.add_argument("--back-to-back", type=int, default=1, metavar="K",
+                   help="each timing covers K steps queued without a sync between them, per-step time reported "
+                        "(default 1: every step from an idle GPU, host overhead in full)")  # fmt: skip
     p.add_argument("--batch", type=int, default=None, help="batch size for every model (default: per model)")
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--rank", type=int, default=16)
@@ -702,6 +710,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = args.device == "cuda"
     args.steps = args.steps or (20 if cuda else 5)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
+    if args.back_to_back < 1:
+        p.error("--back-to-back must be >= 1 (steps queued between two synchronisations)")
     if args.warmup < 1:
         p.error("--warmup must be >= 1 (the first call allocates optimizer state and compiles)")
     for m in args.models.split(","):
@@ -756,6 +766,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": args.device,
             "dtype": str(dtype).removeprefix("torch."),
             "steps": args.steps,
+            "back_to_back": args.back_to_back,
             "warmup": args.warmup,
             "seq": args.seq,
             "rank": args.rank,
