@@ -186,6 +186,7 @@ class Runner:
     cuda_graphs: bool = False  # compiled with one of CUDA_GRAPH_MODES
     info: dict[str, Any] = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
+    one_step_times: list[float] = field(default_factory=list)  # with --back-to-back K > 1: also one at a time
     warmup_times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -486,6 +487,8 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype, variant
                 k = i % len(runners) if runners else 0
                 for runner in runners[k:] + runners[:k]:
                     runner.times.append(timed(runner, device, args.back_to_back))
+                    if args.back_to_back > 1:  # the same round, one step from an idle GPU: both views, one run
+                        runner.one_step_times.append(timed(runner, device))
                 gc.collect()
         else:
             for runner in runners:
@@ -505,6 +508,7 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype, variant
             "ms_median": statistics.median(ms),
             "ms_min": min(ms),
             "ms": ms,
+            "ms_one_step_median": statistics.median(runner.one_step_times) * 1e3 if runner.one_step_times else None,
             "warmup_ms": [t * 1e3 for t in runner.warmup_times],
             "loss_first": runner.losses[0] if runner.losses else None,
             "loss_last": runner.losses[-1] if runner.losses else None,
@@ -639,6 +643,8 @@ def render(report: dict[str, Any]) -> str:
             if r.get("time_vs_floor_compile") is not None:
                 ref = "infer-base" if res["kind"] == "infer" else "floor"
                 notes.append(f"×{ref}-compile {r['time_vs_floor_compile']:.3f}")
+            if res.get("ms_one_step_median") is not None:
+                notes.append(_one_step_note(m["results"], name))
             lines.append(
                 f"{name:<24}{res['ms_median']:>10.2f}{res['ms_min']:>10.2f}{_fmt(r.get('time_vs_floor')):>8}"
                 f"{_fmt(r.get('time_vs_lora')):>8}{_fmt(peak and peak / 2**20, '.1f'):>10}"
@@ -652,6 +658,16 @@ def render(report: dict[str, Any]) -> str:
         for c in m["checks"]:
             lines.append(f"  [{c['status']:>4}] {c['check']}: {c['value']:.3f} (target <= {c['target']})")
     return "\n".join(lines)
+
+
+def _one_step_note(results: dict[str, Any], name: str) -> str:
+    """With --back-to-back: this variant's median when each step starts from an idle GPU, and its ratio to the
+    reference (floor / infer-base, compiled or not as this variant) measured the same way."""
+    res = results[name]
+    ref = ("infer-base" if res["kind"] == "infer" else "floor") + ("-compile" if res.get("compiled") else "")
+    one = res["ms_one_step_median"]
+    ref_one = results.get(ref, {}).get("ms_one_step_median")
+    return f"one step at a time {one:.2f} ms" + (f" (×{ref} {one / ref_one:.3f})" if ref_one else "")
 
 
 # ------------------------------------------------------------------------------------------------------------
