@@ -3,7 +3,7 @@
 The torch formulation costs about nine small kernels per adapted projection and step (a gather, the r × r
 products, a skinny GEMM with the add in its epilogue; in backward g·C, two r × r products, a copy of the
 gradient and a scatter), each far from the memory bandwidth at these shapes. Here the same math is one kernel
-forward and one or two backward, plus one tiny reduction; all of them run over (block of rows, share of the
+forward and one or two backward, plus one tiny torch reduction; all of them run over (block of rows, share of the
 columns), so that even a small batch fills the GPU:
 
 - forward: `h = (y[:, rows] − b[rows])·(αU)ᵀ` once per block of rows (r gathered values per row: uncoalesced
@@ -12,7 +12,7 @@ columns), so that even a small batch fills the GPU:
   the same pass copies g into `grad_y`, so g is read once;
 - backward 2 (one program per block of rows): `gh` = the sum of those partials, `d = gh·(αU)`, then the r
   selected columns are overwritten with `g[:, rows] + d` (repeated rows add up), and this block's partial of the
-  gradient for U, `ghᵀ·t`; a last small kernel sums those. No atomics anywhere, so results are deterministic.
+  gradient for U, `ghᵀ·t`, which torch sums. No atomics anywhere, so results are deterministic.
 - with many tokens (enough blocks of rows to fill the GPU on their own) both backward steps run as one kernel
   per block of rows: one launch fewer, which is what counts at these sizes.
 
@@ -257,25 +257,6 @@ if triton is not None:
                 gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
             )
 
-    @triton.jit
-    def _sum_partials_kernel(gu_ptr, out_ptr, blocks, R, RP: tl.constexpr, CHUNK: tl.constexpr):
-        """Row m of the gradient for U: the sum, in a fixed order, of the blocks' partials (one launch; a torch
-        sum here compiles to two kernels, a split reduction, each with its launch gap in the CUDA graph)."""
-        m = tl.program_id(0)
-        offs_r = tl.arange(0, RP)
-        acc = tl.zeros((CHUNK, RP), dtype=tl.float32)
-        for b0 in range(0, blocks, CHUNK):
-            offs_b = b0 + tl.arange(0, CHUNK)
-            acc += tl.load(gu_ptr + (offs_b[:, None] * RP + m) * RP + offs_r[None, :], mask=(offs_b < blocks)[:, None])
-        tl.store(out_ptr + m * R + offs_r, tl.sum(acc, axis=0), mask=offs_r < R)
-
-
-def _sum_partials(partial_gu: torch.Tensor, rank: int) -> torch.Tensor:
-    """(rank × rank) fp32: Σ over blocks of partial_gu (blocks × RP × RP), deterministic."""
-    out = torch.empty(rank, rank, device=partial_gu.device, dtype=torch.float32)
-    _sum_partials_kernel[(rank,)](partial_gu, out, partial_gu.shape[0], rank, RP=partial_gu.shape[1], CHUNK=32)
-    return out
-
 
 def forward(y2, c, u, rows, bias_rows, alpha: float):
     """(out, t) for y2 (T × N): out = y2 + ((y2[:, rows] − b[rows])·(αU)ᵀ)·Cᵀ and t = y2[:, rows] − b[rows]."""
@@ -309,7 +290,7 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
             WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_ROWS["rows"], BN=_BACKWARD_ROWS["tile"],
             num_warps=_BACKWARD_ROWS["warps"], **common,
         )  # fmt: skip
-        return grad_y, _sum_partials(partial_gu, rank)
+        return grad_y, partial_gu.sum(0)[:rank, :rank]
     reduce_grid, reduce_cols = _grid(tokens, width, _BACKWARD_REDUCE, g2.device)
     partial_gh = torch.empty(reduce_grid[1], tokens, rank_block, device=g2.device, dtype=torch.float32)
     grad_y = torch.empty_like(g2) if need_grad_y else None
@@ -325,4 +306,4 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
         reduce_grid[1], WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_FINISH["rows"], num_warps=_BACKWARD_FINISH["warps"],
         **common,
     )  # fmt: skip
-    return grad_y, _sum_partials(partial_gu, rank)
+    return grad_y, partial_gu.sum(0)[:rank, :rank]
