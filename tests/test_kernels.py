@@ -20,8 +20,7 @@ from curlora.tuner.layer import _FromBaseOutput
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
 # (tokens, width, rank, bias, repeated rows): odd sizes exercise every mask; rank 4 and 20 are padded blocks;
-# width 300 is split over several column shares (the last one running past the width); 200 tokens make enough
-# blocks of rows for the one-kernel backward
+# width 300 is split over several column shares (the last one running past the width)
 CASES = [
     (37, 70, 16, False, False),
     (130, 200, 4, True, True),
@@ -65,26 +64,41 @@ def _reference(y, c, u, rows, bias_rows, grad, alpha):
 
 def check_kernels(device: str) -> list[str]:
     """Errors of the fused path vs fp64: ≤ 1e-5 in fp32 (this checks the logic); in bf16 ≤ twice the torch
-    path's own error or 2 bf16 ulps, 4 in the interpreter (it truncates fp32 → bf16 where GPUs round to nearest)."""
+    path's own error or 2 bf16 ulps, 4 in the interpreter (it truncates fp32 → bf16 where GPUs round to nearest).
+    Every case runs through both backward designs, whichever its shape would pick on this device."""
+    from curlora.tuner import kernels
+
+    failures = []
+    switch = kernels._BACKWARD_ROWS["min_programs_per_sm"]
+    try:
+        for design, threshold in (("one-kernel", 0), ("split", float("inf"))):
+            kernels._BACKWARD_ROWS["min_programs_per_sm"] = threshold
+            for dtype in (torch.float32, torch.bfloat16):
+                for case in CASES:
+                    failures += [f"{design} {dtype} {case} {f}" for f in _case_errors(case, dtype, device)]
+    finally:
+        kernels._BACKWARD_ROWS["min_programs_per_sm"] = switch
+    return failures
+
+
+def _case_errors(case, dtype, device) -> list[str]:
     failures = []
     half_ulps = 4 if device == "cpu" else 2
-    for dtype in (torch.float32, torch.bfloat16):
-        for case in CASES:
-            inputs = _case(*case, dtype, device)
-            ref = _reference(*inputs, alpha=0.7)
-            torch_ops = _run(*inputs, alpha=0.7, fused=False)
-            fused = _run(*inputs, alpha=0.7, fused=True)
-            # only U needs a gradient (the first adapted layer of a frozen model): no gradient for y is written
-            fused_u_only = _run(*inputs, alpha=0.7, fused=True, grad_y=False)
-            if fused_u_only[1] is not None or not torch.equal(fused_u_only[2], fused[2]):
-                failures.append(f"{dtype} {case}: grad_u differs when y needs no gradient")
-            for name, r, a, b in zip(("out", "grad_y", "grad_u"), ref, torch_ops, fused, strict=True):
-                scale = r.abs().max().item()
-                err_fused = (b.double() - r).abs().max().item() / scale
-                err_torch = (a.double() - r).abs().max().item() / scale
-                bound = 1e-5 if dtype == torch.float32 else max(2 * err_torch, half_ulps * 2**-8)
-                if b.dtype != a.dtype or b.shape != a.shape or not err_fused <= bound:
-                    failures.append(f"{dtype} {case} {name}: rel. error {err_fused:.2e} > {bound:.2e}")
+    inputs = _case(*case, dtype, device)
+    ref = _reference(*inputs, alpha=0.7)
+    torch_ops = _run(*inputs, alpha=0.7, fused=False)
+    fused = _run(*inputs, alpha=0.7, fused=True)
+    # only U needs a gradient (the first adapted layer of a frozen model): no gradient for y is written
+    fused_u_only = _run(*inputs, alpha=0.7, fused=True, grad_y=False)
+    if fused_u_only[1] is not None or not torch.equal(fused_u_only[2], fused[2]):
+        failures.append("grad_u differs when y needs no gradient")
+    for name, r, a, b in zip(("out", "grad_y", "grad_u"), ref, torch_ops, fused, strict=True):
+        scale = r.abs().max().item()
+        err_fused = (b.double() - r).abs().max().item() / scale
+        err_torch = (a.double() - r).abs().max().item() / scale
+        bound = 1e-5 if dtype == torch.float32 else max(2 * err_torch, half_ulps * 2**-8)
+        if b.dtype != a.dtype or b.shape != a.shape or not err_fused <= bound:
+            failures.append(f"{name}: rel. error {err_fused:.2e} > {bound:.2e}")
     return failures
 
 
