@@ -28,6 +28,11 @@ inference (forward only, no grad):
 other:
   disk            save_pretrained of LoRA and CURLoRA adapters; adapter_model.safetensors sizes and ratio.
 
+Timing: by default every step starts from an idle GPU (synchronise, step, synchronise), so host work before the
+first kernel (Python, TorchDynamo's guard checks) counts in full. `--back-to-back K` times K steps queued without
+a synchronisation between them, as a training loop runs that does not read the loss every step, and also times
+one step at a time in the same rounds (both in the table and the JSON).
+
 Every variant works on its own shallow copy of the backbone: the module tree is copied, the weight tensors are
 shared (merge copies the adapted weights first), so all variants fit in memory together and are timed
 round-robin: load from other processes and clock drift hit all of them alike.

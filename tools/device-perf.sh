@@ -24,7 +24,7 @@ case $part in
         --shapes 576x576,576x192,2048x2048,2048x512,4096x4096,4096x1024 > $OUT/layer.log 2>&1
       echo "layer exit $?"; tail -32 $OUT/layer.log
     fi ;;
-  compile)  # CUDA graphs through inductor (mode reduce-overhead), the small model where launches dominate
+  compile)  # CUDA graphs through inductor (mode reduce-overhead); EXTRA="--back-to-back 4" also times queued steps
     timeout 560 python3 benchmarks/step_bench.py --device cuda --models ${MODELS:-smollm2-135m,llama-1b} \
       --variants ${VARIANTS:-floor-compile,lora-compile,curlora-compile,curlora-torch-compile,infer-base-compile,infer-curlora-compile} --steps ${STEPS:-30} --warmup 4 \
       --compile-mode reduce-overhead ${PROFILE:+--profile /tmp/profile} ${EXTRA:-} --out $OUT/gpu-compile-ro.json \
