@@ -74,9 +74,8 @@ def sweep_shape(tokens: int, width: int, bandwidth: float) -> None:
     def fused_fwd():
         return kernels.forward(y, c, u, rows, None, 1.0)
 
-    def fused_bwd():  # with the layer's index_copy in place, as inductor compiles it (values drift: timing only)
-        selected, grad_u = kernels.backward(g, t, c, u, rows, 1.0, True)
-        return g.index_copy_(1, rows, selected), grad_u
+    def fused_bwd():
+        return kernels.backward(g, t, c, u, rows, 1.0, True)
 
     now_f, now_b = _us(fused_fwd), _us(fused_bwd)
     fwd = _sweep(kernels._FORWARD, GRID, fused_fwd)

@@ -166,7 +166,10 @@ _KERNEL_ARGS = {
         "*a *a *fp32 *i64 *a *a *a i32 i32 i32 fp32 i32",
         {"HAS_BIAS": True, "BM": 16, "BN": 128},
     ),
-    "_backward_reduce_kernel": ("*a *a *fp32 i32 i32 i32 i32", {"BM": 32, "BN": 128}),
+    "_backward_reduce_kernel": (
+        "*a *a *i64 *a *fp32 i32 i32 i32 i32",
+        {"WRITE_GRAD_Y": True, "BM": 32, "BN": 128},
+    ),
     "_backward_finish_kernel": (
         "*a *fp32 *fp32 *a *i64 *a *fp32 i32 i32 i32 fp32 i32",
         {"WRITE_GRAD_Y": True, "BM": 32},

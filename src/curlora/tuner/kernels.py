@@ -9,13 +9,12 @@ columns), so that even a small batch fills the GPU:
 - forward: `h = (y[:, rows] − b[rows])·(αU)ᵀ` once per block of rows (r gathered values per row: uncoalesced
   loads, amortised over the block's columns), then `out = y + h·Cᵀ` tile by tile; α·U is formed in the kernel;
 - backward 1: partial sums of `gh = g·C` (a reduction over the output width), one per share of the columns;
-- backward 2 (one program per block of rows): `gh` = the sum of those partials, `d = gh·(αU)`, then grad_y's
-  values in the r selected columns, `g[:, rows] + d` (repeated rows add up), and this block's partial of the
+  the same pass copies g into `grad_y`, so g is read once;
+- backward 2 (one program per block of rows): `gh` = the sum of those partials, `d = gh·(αU)`, then the r
+  selected columns are overwritten with `g[:, rows] + d` (repeated rows add up), and this block's partial of the
   gradient for U, `ghᵀ·t`, which torch sums. No atomics anywhere, so results are deterministic.
 - with many tokens (enough blocks of rows to fill the GPU on their own) both backward steps run as one kernel
   per block of rows: one launch fewer, which is what counts at these sizes.
-- grad_y is g everywhere else: the layer writes the r columns into g with `index_copy`, which inductor compiles
-  to a small scatter into g's own buffer (g has no other reader), so g is read once and never copied.
 
 Rounding follows the torch path where it rounds (h and g·C to the activation dtype before the next product)
 and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
@@ -144,21 +143,26 @@ if triton is not None:
 
     @triton.jit
     def _g_times_c(
-        g_ptr, c_ptr, offs_m, mask_m, offs_r, mask_r, start, cols, N, R,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+        g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, start, cols, N, R,
+        COPY_G: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
-        """g·C over the columns start .. start + cols (masked at N) for one block of rows: (BM, RP) in fp32."""
+        """g·C over the columns start .. start + cols (masked at N) for one block of rows: (BM, RP) in fp32.
+        With COPY_G the same pass writes grad_y = g on those columns; `_store_selected_grad_y` overwrites the
+        r selected ones once g·C is complete: one read of g for the whole backward."""
         acc = tl.zeros((BM, RP), dtype=tl.float32)
         for n0 in range(0, cols, BN):  # a range over scalars only (Triton's interpreter)
             offs_n = start + n0 + tl.arange(0, BN)
             mask_n = offs_n < N
-            g = tl.load(
-                g_ptr + offs_m[:, None] * N + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0
-            )
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            tile = offs_m[:, None] * N + offs_n[None, :]
+            g = tl.load(g_ptr + tile, mask=mask_mn, other=0.0)
             c = tl.load(
                 c_ptr + offs_n[:, None] * R + offs_r[None, :], mask=mask_n[:, None] & mask_r[None, :], other=0.0
             )
             acc += _dot(g, c, PRECISION, UPCAST)
+            if COPY_G:  # all columns: a mask that skipped the selected ones would cost the stores' vectorisation
+                tl.store(gy_ptr + tile, g, mask=mask_mn)
         return acc
 
     @triton.jit
@@ -172,40 +176,44 @@ if triton is not None:
         tl.store(gu_ptr + block * RP * RP + offs_r[:, None] * RP + offs_r[None, :], gu)
 
     @triton.jit
-    def _store_selected(
-        gh, g_ptr, u_ptr, rows, sel_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha,
+    def _store_selected_grad_y(
+        gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
-        """sel[:, k] = g[:, rows[k]] + Σ_{k' : rows[k'] = rows[k]} d[:, k'] with d = gh·(αU): grad_y's values in
-        the r columns the adapter reads (T × R); a repeated row gets the sum of its entries in each of them."""
+        """grad_y[:, rows[k]] = g[:, rows[k]] + Σ_{k' : rows[k'] = rows[k]} d[:, k'] with d = gh·(αU): the r
+        columns the adapter reads; a repeated row gets the sum of its entries, written identically by each."""
         dtype = g_ptr.dtype.element_ty
         ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
         d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
         same = ((rows[:, None] == rows[None, :]) & mask_r[:, None] & mask_r[None, :]).to(tl.float32)
         d = tl.dot(d, same, input_precision="ieee")  # summed over repeated rows, in fp32
         mask = mask_m[:, None] & mask_r[None, :]
-        g = tl.load(g_ptr + offs_m[:, None] * N + rows[None, :], mask=mask, other=0.0)
-        tl.store(sel_ptr + offs_m[:, None] * R + offs_r[None, :], (g.to(tl.float32) + d).to(dtype), mask=mask)
+        selected = offs_m[:, None] * N + rows[None, :]
+        g = tl.load(g_ptr + selected, mask=mask, other=0.0)
+        tl.store(gy_ptr + selected, (g.to(tl.float32) + d).to(dtype), mask=mask)
 
     @triton.jit
     def _backward_reduce_kernel(
-        g_ptr, c_ptr, ghp_ptr, T, N, R, cols_per_share,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+        g_ptr, c_ptr, rows_ptr, gy_ptr, ghp_ptr, T, N, R, cols_per_share,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
+        mask_r = offs_r < R
+        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
         acc = _g_times_c(
-            g_ptr, c_ptr, offs_m, mask_m, offs_r, offs_r < R, pid_n * cols_per_share, cols_per_share, N, R,
-            PRECISION, UPCAST, BM, BN, RP,
+            g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, pid_n * cols_per_share, cols_per_share,
+            N, R, WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
         )  # fmt: skip
         tl.store(ghp_ptr + (pid_n * T + offs_m[:, None]) * RP + offs_r[None, :], acc, mask=mask_m[:, None])
 
     @triton.jit
     def _backward_finish_kernel(
-        g_ptr, ghp_ptr, u_ptr, t_ptr, rows_ptr, sel_ptr, gu_ptr, T, N, R, alpha, reduce_shares,
+        g_ptr, ghp_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha, reduce_shares,
         WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
@@ -221,13 +229,13 @@ if triton is not None:
         _store_grad_u_partial(gh, t_ptr, gu_ptr, pid, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP)
         if WRITE_GRAD_Y:
             rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
-            _store_selected(
-                gh, g_ptr, u_ptr, rows, sel_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
+            _store_selected_grad_y(
+                gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
             )
 
     @triton.jit
     def _backward_rows_kernel(
-        g_ptr, c_ptr, u_ptr, t_ptr, rows_ptr, sel_ptr, gu_ptr, T, N, R, alpha,
+        g_ptr, c_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha,
         WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
@@ -236,13 +244,17 @@ if triton is not None:
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
         mask_r = offs_r < R
-        acc = _g_times_c(g_ptr, c_ptr, offs_m, mask_m, offs_r, mask_r, 0, N, N, R, PRECISION, UPCAST, BM, BN, RP)
+        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
+        acc = _g_times_c(
+            g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, 0, N, N, R,
+            WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
+        )  # fmt: skip
         gh = acc.to(g_ptr.dtype.element_ty)  # g·C, rounded like the torch path's GEMM output
         _store_grad_u_partial(gh, t_ptr, gu_ptr, pid, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP)
         if WRITE_GRAD_Y:
-            rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
-            _store_selected(
-                gh, g_ptr, u_ptr, rows, sel_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
+            tl.debug_barrier()  # the copy of g into grad_y (other threads) lands before its r columns are overwritten
+            _store_selected_grad_y(
+                gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
             )
 
 
@@ -263,36 +275,35 @@ def forward(y2, c, u, rows, bias_rows, alpha: float):
 
 
 def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
-    """(selected or None, grad_u in fp32) for the output gradient g2 (T × N) of `forward`. `selected` (T × r) holds
-    grad_y's values in the columns `rows`; everywhere else grad_y is g2 itself. The caller writes them with
-    `g2.index_copy(1, rows, selected)`, which inductor turns into a scatter into g2's own buffer when nothing
-    else reads g2, so the backward never copies the out-sized gradient."""
+    """(grad_y or None, grad_u in fp32) for the output gradient g2 (T × N) of `forward`."""
     g2, c, u = g2.contiguous(), c.contiguous(), u.contiguous()
     tokens, width = g2.shape
     rank = c.shape[1]
     rank_block = _rank_block(rank)
     common = {"PRECISION": _precision(g2), "UPCAST": _INTERPRET, "RP": rank_block}
-    selected = torch.empty(tokens, rank, device=g2.device, dtype=g2.dtype) if need_grad_y else None
     row_blocks = triton.cdiv(tokens, _BACKWARD_ROWS["rows"])
     if row_blocks >= _BACKWARD_ROWS["min_programs_per_sm"] * _sm_count(g2.device):
         partial_gu = torch.empty(row_blocks, rank_block, rank_block, device=g2.device, dtype=torch.float32)
+        grad_y = torch.empty_like(g2) if need_grad_y else None
         _backward_rows_kernel[(row_blocks,)](
-            g2, c, u, t, rows, t if selected is None else selected, partial_gu, tokens, width, rank, float(alpha),
+            g2, c, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
             WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_ROWS["rows"], BN=_BACKWARD_ROWS["tile"],
             num_warps=_BACKWARD_ROWS["warps"], **common,
         )  # fmt: skip
-        return selected, partial_gu.sum(0)[:rank, :rank]
+        return grad_y, partial_gu.sum(0)[:rank, :rank]
     reduce_grid, reduce_cols = _grid(tokens, width, _BACKWARD_REDUCE, g2.device)
     partial_gh = torch.empty(reduce_grid[1], tokens, rank_block, device=g2.device, dtype=torch.float32)
+    grad_y = torch.empty_like(g2) if need_grad_y else None
     _backward_reduce_kernel[reduce_grid](
-        g2, c, partial_gh, tokens, width, rank, reduce_cols,
-        BM=_BACKWARD_REDUCE["rows"], BN=_BACKWARD_REDUCE["tile"], num_warps=_BACKWARD_REDUCE["warps"], **common,
+        g2, c, rows, g2 if grad_y is None else grad_y, partial_gh, tokens, width, rank, reduce_cols,
+        WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_REDUCE["rows"], BN=_BACKWARD_REDUCE["tile"],
+        num_warps=_BACKWARD_REDUCE["warps"], **common,
     )  # fmt: skip
     finish_blocks = triton.cdiv(tokens, _BACKWARD_FINISH["rows"])
     partial_gu = torch.empty(finish_blocks, rank_block, rank_block, device=g2.device, dtype=torch.float32)
     _backward_finish_kernel[(finish_blocks,)](
-        g2, partial_gh, u, t, rows, t if selected is None else selected, partial_gu, tokens, width, rank,
-        float(alpha), reduce_grid[1], WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_FINISH["rows"],
-        num_warps=_BACKWARD_FINISH["warps"], **common,
+        g2, partial_gh, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
+        reduce_grid[1], WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_FINISH["rows"], num_warps=_BACKWARD_FINISH["warps"],
+        **common,
     )  # fmt: skip
-    return selected, partial_gu.sum(0)[:rank, :rank]
+    return grad_y, partial_gu.sum(0)[:rank, :rank]

@@ -75,9 +75,8 @@ class _FromBaseOutput(torch.autograd.Function):
         g2 = grad_out.reshape(-1, c.shape[0])
         need_y, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         if ctx.fused:
-            selected, grad_u = kernels.backward(g2, t, c, u_or_ua, rows, ctx.alpha, need_grad_y=need_y)
-            # g with its r adapter columns replaced; under torch.compile a scatter into g's buffer, not a copy
-            grad_y = None if selected is None else g2.index_copy(1, rows, selected).view(grad_out.shape)
+            grad_y, grad_u = kernels.backward(g2, t, c, u_or_ua, rows, ctx.alpha, need_grad_y=need_y)
+            grad_y = None if grad_y is None else grad_y.view(grad_out.shape)
             return grad_y, None, grad_u.to(ctx.u_dtype) if need_u else None, None, None, None, None
         gh = g2.mm(c)
         grad_y = grad_u = None
