@@ -167,7 +167,7 @@ _KERNEL_ARGS = {
         {"HAS_BIAS": True, "BM": 16, "BN": 128},
     ),
     "_backward_reduce_kernel": (
-        "*a *a *i64 *a *fp32 i32 i32 i32 i32",
+        "*a *a *a *fp32 i32 i32 i32 i32",
         {"WRITE_GRAD_Y": True, "BM": 32, "BN": 128},
     ),
     "_backward_finish_kernel": (

@@ -143,7 +143,7 @@ if triton is not None:
 
     @triton.jit
     def _g_times_c(
-        g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, start, cols, N, R,
+        g_ptr, c_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, start, cols, N, R,
         COPY_G: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
@@ -194,7 +194,7 @@ if triton is not None:
 
     @triton.jit
     def _backward_reduce_kernel(
-        g_ptr, c_ptr, rows_ptr, gy_ptr, ghp_ptr, T, N, R, cols_per_share,
+        g_ptr, c_ptr, gy_ptr, ghp_ptr, T, N, R, cols_per_share,
         WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
@@ -203,10 +203,8 @@ if triton is not None:
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
-        mask_r = offs_r < R
-        rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
         acc = _g_times_c(
-            g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, pid_n * cols_per_share, cols_per_share,
+            g_ptr, c_ptr, gy_ptr, offs_m, mask_m, offs_r, offs_r < R, pid_n * cols_per_share, cols_per_share,
             N, R, WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
         )  # fmt: skip
         tl.store(ghp_ptr + (pid_n * T + offs_m[:, None]) * RP + offs_r[None, :], acc, mask=mask_m[:, None])
@@ -246,7 +244,7 @@ if triton is not None:
         mask_r = offs_r < R
         rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
         acc = _g_times_c(
-            g_ptr, c_ptr, gy_ptr, rows, offs_m, mask_m, offs_r, mask_r, 0, N, N, R,
+            g_ptr, c_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, 0, N, N, R,
             WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
         )  # fmt: skip
         gh = acc.to(g_ptr.dtype.element_ty)  # g·C, rounded like the torch path's GEMM output
@@ -281,10 +279,10 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
     rank = c.shape[1]
     rank_block = _rank_block(rank)
     common = {"PRECISION": _precision(g2), "UPCAST": _INTERPRET, "RP": rank_block}
+    grad_y = torch.empty_like(g2) if need_grad_y else None
     row_blocks = triton.cdiv(tokens, _BACKWARD_ROWS["rows"])
     if row_blocks >= _BACKWARD_ROWS["min_programs_per_sm"] * _sm_count(g2.device):
         partial_gu = torch.empty(row_blocks, rank_block, rank_block, device=g2.device, dtype=torch.float32)
-        grad_y = torch.empty_like(g2) if need_grad_y else None
         _backward_rows_kernel[(row_blocks,)](
             g2, c, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
             WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_ROWS["rows"], BN=_BACKWARD_ROWS["tile"],
@@ -293,9 +291,8 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
         return grad_y, partial_gu.sum(0)[:rank, :rank]
     reduce_grid, reduce_cols = _grid(tokens, width, _BACKWARD_REDUCE, g2.device)
     partial_gh = torch.empty(reduce_grid[1], tokens, rank_block, device=g2.device, dtype=torch.float32)
-    grad_y = torch.empty_like(g2) if need_grad_y else None
     _backward_reduce_kernel[reduce_grid](
-        g2, c, rows, g2 if grad_y is None else grad_y, partial_gh, tokens, width, rank, reduce_cols,
+        g2, c, g2 if grad_y is None else grad_y, partial_gh, tokens, width, rank, reduce_cols,
         WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_REDUCE["rows"], BN=_BACKWARD_REDUCE["tile"],
         num_warps=_BACKWARD_REDUCE["warps"], **common,
     )  # fmt: skip
