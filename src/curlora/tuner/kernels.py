@@ -178,12 +178,10 @@ if triton is not None:
     @triton.jit
     def _store_selected_grad_y(
         gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha,
-        IN_PLACE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
         """grad_y[:, rows[k]] = g[:, rows[k]] + Σ_{k' : rows[k'] = rows[k]} d[:, k'] with d = gh·(αU): the r
-        columns the adapter reads; a repeated row gets the sum of its entries, written identically by each.
-        IN_PLACE (gy_ptr is g_ptr): every thread has read g before any writes, else a repeated row's second
-        reader could see the first one's sum."""
+        columns the adapter reads; a repeated row gets the sum of its entries, written identically by each."""
         dtype = g_ptr.dtype.element_ty
         ua = _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype)
         d = _dot(gh, ua, PRECISION, UPCAST)  # d[i, k] = Σ_m gh[i, m]·αU[m, k]: the gradient of y[i, rows[k]]
@@ -192,8 +190,6 @@ if triton is not None:
         mask = mask_m[:, None] & mask_r[None, :]
         selected = offs_m[:, None] * N + rows[None, :]
         g = tl.load(g_ptr + selected, mask=mask, other=0.0)
-        if IN_PLACE:
-            tl.debug_barrier()
         tl.store(gy_ptr + selected, (g.to(tl.float32) + d).to(dtype), mask=mask)
 
     @triton.jit
@@ -216,7 +212,7 @@ if triton is not None:
     @triton.jit
     def _backward_finish_kernel(
         g_ptr, ghp_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha, reduce_shares,
-        WRITE_GRAD_Y: tl.constexpr, IN_PLACE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
@@ -232,14 +228,13 @@ if triton is not None:
         if WRITE_GRAD_Y:
             rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
             _store_selected_grad_y(
-                gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha,
-                IN_PLACE, PRECISION, UPCAST,
-            )  # fmt: skip
+                gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
+            )
 
     @triton.jit
     def _backward_rows_kernel(
         g_ptr, c_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha,
-        WRITE_GRAD_Y: tl.constexpr, IN_PLACE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
@@ -250,17 +245,15 @@ if triton is not None:
         rows = tl.load(rows_ptr + offs_r, mask=mask_r, other=-1)
         acc = _g_times_c(
             g_ptr, c_ptr, gy_ptr, offs_m, mask_m, offs_r, mask_r, 0, N, N, R,
-            WRITE_GRAD_Y and not IN_PLACE, PRECISION, UPCAST, BM, BN, RP,
+            WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
         )  # fmt: skip
         gh = acc.to(g_ptr.dtype.element_ty)  # g·C, rounded like the torch path's GEMM output
         _store_grad_u_partial(gh, t_ptr, gu_ptr, pid, offs_m, mask_m, offs_r, mask_r, R, alpha, PRECISION, UPCAST, RP)
         if WRITE_GRAD_Y:
-            if not IN_PLACE:
-                tl.debug_barrier()  # the copy of g into grad_y (other threads) lands before r columns are overwritten
+            tl.debug_barrier()  # the copy of g into grad_y (other threads) lands before its r columns are overwritten
             _store_selected_grad_y(
-                gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha,
-                IN_PLACE, PRECISION, UPCAST,
-            )  # fmt: skip
+                gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
+            )
 
 
 def forward(y2, c, u, rows, bias_rows, alpha: float):
@@ -279,25 +272,20 @@ def forward(y2, c, u, rows, bias_rows, alpha: float):
     return out, t
 
 
-def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool, in_place: bool = False):
-    """(grad_y or None, grad_u in fp32) for the output gradient g2 (T × N) of `forward`.
-
-    `in_place`: grad_y is g2 itself with its r selected columns updated, so g is read once and never copied.
-    Only for a g2 nobody else reads afterwards: torch.compile's functionalization guarantees that (it copies g2
-    first where another use needs it); eagerly, autograd may hand the same gradient tensor to several inputs."""
+def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
+    """(grad_y or None, grad_u in fp32) for the output gradient g2 (T × N) of `forward`."""
     g2, c, u = g2.contiguous(), c.contiguous(), u.contiguous()
     tokens, width = g2.shape
     rank = c.shape[1]
     rank_block = _rank_block(rank)
-    in_place = in_place and need_grad_y
     common = {"PRECISION": _precision(g2), "UPCAST": _INTERPRET, "RP": rank_block}
-    grad_y = (g2 if in_place else torch.empty_like(g2)) if need_grad_y else None
+    grad_y = torch.empty_like(g2) if need_grad_y else None
     row_blocks = triton.cdiv(tokens, _BACKWARD_ROWS["rows"])
     if row_blocks >= _BACKWARD_ROWS["min_programs_per_sm"] * _sm_count(g2.device):
         partial_gu = torch.empty(row_blocks, rank_block, rank_block, device=g2.device, dtype=torch.float32)
         _backward_rows_kernel[(row_blocks,)](
             g2, c, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
-            WRITE_GRAD_Y=need_grad_y, IN_PLACE=in_place, BM=_BACKWARD_ROWS["rows"], BN=_BACKWARD_ROWS["tile"],
+            WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_ROWS["rows"], BN=_BACKWARD_ROWS["tile"],
             num_warps=_BACKWARD_ROWS["warps"], **common,
         )  # fmt: skip
         return grad_y, partial_gu.sum(0)[:rank, :rank]
@@ -305,14 +293,14 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool, in_place: bool 
     partial_gh = torch.empty(reduce_grid[1], tokens, rank_block, device=g2.device, dtype=torch.float32)
     _backward_reduce_kernel[reduce_grid](
         g2, c, g2 if grad_y is None else grad_y, partial_gh, tokens, width, rank, reduce_cols,
-        WRITE_GRAD_Y=need_grad_y and not in_place, BM=_BACKWARD_REDUCE["rows"], BN=_BACKWARD_REDUCE["tile"],
+        WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_REDUCE["rows"], BN=_BACKWARD_REDUCE["tile"],
         num_warps=_BACKWARD_REDUCE["warps"], **common,
     )  # fmt: skip
     finish_blocks = triton.cdiv(tokens, _BACKWARD_FINISH["rows"])
     partial_gu = torch.empty(finish_blocks, rank_block, rank_block, device=g2.device, dtype=torch.float32)
     _backward_finish_kernel[(finish_blocks,)](
         g2, partial_gh, u, t, rows, g2 if grad_y is None else grad_y, partial_gu, tokens, width, rank, float(alpha),
-        reduce_grid[1], WRITE_GRAD_Y=need_grad_y, IN_PLACE=in_place, BM=_BACKWARD_FINISH["rows"],
-        num_warps=_BACKWARD_FINISH["warps"], **common,
+        reduce_grid[1], WRITE_GRAD_Y=need_grad_y, BM=_BACKWARD_FINISH["rows"], num_warps=_BACKWARD_FINISH["warps"],
+        **common,
     )  # fmt: skip
     return grad_y, partial_gu.sum(0)[:rank, :rank]

@@ -75,9 +75,7 @@ class _FromBaseOutput(torch.autograd.Function):
         g2 = grad_out.reshape(-1, c.shape[0])
         need_y, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         if ctx.fused:
-            # compiled, g is updated in place (functionalization copies it first if anything else reads it)
-            in_place = torch.compiler.is_compiling()
-            grad_y, grad_u = kernels.backward(g2, t, c, u_or_ua, rows, ctx.alpha, need_y, in_place=in_place)
+            grad_y, grad_u = kernels.backward(g2, t, c, u_or_ua, rows, ctx.alpha, need_grad_y=need_y)
             grad_y = None if grad_y is None else grad_y.view(grad_out.shape)
             return grad_y, None, grad_u.to(ctx.u_dtype) if need_u else None, None, None, None, None
         gh = g2.mm(c)
