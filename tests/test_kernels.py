@@ -102,6 +102,52 @@ def _case_errors(case, dtype, device) -> list[str]:
     return failures
 
 
+def check_groups(device: str, compiled: bool = False) -> list[str]:
+    """A tiny Llama with CURLoRA on q/k/v: with its q/k/v groups (one launch for three adapters) against the
+    same model with the groups unlinked (one launch each), forward and backward. `compiled` runs the grouped
+    model under torch.compile (how CUDA gets the kernels) and the ungrouped one eagerly (the torch ops)."""
+    from peft import get_peft_model
+
+    from curlora import CURLoRAConfig
+    from curlora.testing import tiny_llama
+    from curlora.tuner.layer import CURLoRALinear
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = get_peft_model(tiny_llama(num_layers=2).to(device, dtype), CURLoRAConfig(r=4, alpha=1.5))
+    layers = [m for m in model.modules() if isinstance(m, CURLoRALinear)]
+    groups = {id(m._shared_input_group) for m in layers if m._shared_input_group is not None}
+    failures = [] if len(groups) == 2 else [f"{len(groups)} groups linked for 2 blocks"]
+    for layer in layers:
+        layer.curlora_U["default"].data.normal_(std=0.5)
+    ids = torch.randint(3, 60, (2, 12), device=device)
+
+    def run(fn):
+        model.zero_grad()
+        logits = fn(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        return logits.detach(), [m.curlora_U["default"].grad.clone() for m in layers]
+
+    grouped = run(torch.compile(model, fullgraph=True) if compiled else model)
+    waiting = [m for m in layers if m._shared_input_group._input is not None]
+    if waiting:
+        failures.append(f"{len(waiting)} layers still hold a leader's input after the forward")
+    saved = [m._shared_input_group for m in layers]
+    for layer in layers:
+        layer._shared_input_group = None
+    alone = run(model)
+    for layer, group in zip(layers, saved, strict=True):
+        layer._shared_input_group = group
+    tolerance = 2e-2 if compiled else 1e-5
+    for name, a, b in [("logits", grouped[0], alone[0])] + [
+        (f"grad U {i}", a, b) for i, (a, b) in enumerate(zip(grouped[1], alone[1], strict=True))
+    ]:
+        rel = ((a.float() - b.float()).norm() / b.float().norm()).item()
+        if not rel <= tolerance:
+            failures.append(f"{name}: relative difference {rel:.2e} > {tolerance:.0e}")
+    return failures
+
+
 def _triton_at_least_3_9() -> bool:
     import triton
 
@@ -115,7 +161,8 @@ def test_fused_kernels_match_reference_in_interpreter():
     # deterministic mode fills torch.empty with NaN: a kernel that reads memory it never wrote fails here too
     code = (
         "import sys, torch, test_kernels; torch.use_deterministic_algorithms(True); "
-        "f = test_kernels.check_kernels('cpu'); print(*f, sep='\\n'); sys.exit(bool(f))"
+        "f = test_kernels.check_kernels('cpu') + test_kernels.check_groups('cpu'); print(*f, sep='\\n'); "
+        "sys.exit(bool(f))"
     )
     env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
@@ -134,6 +181,12 @@ def test_fused_kernels_are_not_used_on_cpu_without_interpreter():
 @needs_triton
 def test_fused_kernels_match_reference_on_gpu():
     assert check_kernels("cuda") == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_triton
+def test_compiled_qkv_groups_match_eager():
+    assert check_groups("cuda", compiled=True) == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -184,6 +237,10 @@ def test_compiled_backward_leaves_a_shared_gradient_alone():
     assert torch.equal(other.grad, weight), "the shared output gradient was overwritten"
 
 
+def _three_each(types: str) -> str:
+    return " ".join(" ".join(3 * [t]) for t in types.split())
+
+
 # argument types of each kernel for an ahead-of-time compile: "a" is the activation dtype, constexprs last
 _KERNEL_ARGS = {
     "_forward_kernel": (
@@ -200,6 +257,15 @@ _KERNEL_ARGS = {
     ),
     "_backward_rows_kernel": (
         "*a *a *fp32 *a *i64 *a *fp32 i32 i32 i32 fp32",
+        {"WRITE_GRAD_Y": True, "BM": 32, "BN": 128},
+    ),
+    # q, k and v in one launch: each argument three times (the U-gradient partials once)
+    "_forward_group_kernel": (
+        _three_each("*a *a *fp32 *i64 *a *a *a i32 fp32") + " i32 i32",
+        {"HAS_BIAS": True, "BM": 16, "BN": 128},
+    ),
+    "_backward_group_kernel": (
+        _three_each("*a *a *fp32 *a *i64 *a") + " *fp32 " + _three_each("i32 fp32") + " i32 i32",
         {"WRITE_GRAD_Y": True, "BM": 32, "BN": 128},
     ),
 }

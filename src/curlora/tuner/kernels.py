@@ -111,8 +111,18 @@ if triton is not None:
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
+        _forward_block(
+            y_ptr, c_ptr, u_ptr, rows_ptr, bias_ptr, out_ptr, t_ptr, T, N, R, alpha, cols_per_share,
+            tl.program_id(0), tl.program_id(1), HAS_BIAS, PRECISION, UPCAST, BM, BN, RP,
+        )  # fmt: skip
+
+    @triton.jit
+    def _forward_block(
+        y_ptr, c_ptr, u_ptr, rows_ptr, bias_ptr, out_ptr, t_ptr, T, N, R, alpha, cols_per_share, pid_m, pid_n,
+        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        """One block of rows, one share of the columns."""
         dtype = out_ptr.dtype.element_ty
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_r = tl.arange(0, RP)
@@ -237,7 +247,18 @@ if triton is not None:
         WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
     ):  # fmt: skip
-        pid = tl.program_id(0)
+        _backward_rows_block(
+            g_ptr, c_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha, tl.program_id(0),
+            WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
+        )  # fmt: skip
+
+    @triton.jit
+    def _backward_rows_block(
+        g_ptr, c_ptr, u_ptr, t_ptr, rows_ptr, gy_ptr, gu_ptr, T, N, R, alpha, pid,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        """The whole backward for one block of rows: g·C, its U-gradient partial and grad_y."""
         offs_m = pid * BM + tl.arange(0, BM)
         offs_r = tl.arange(0, RP)
         mask_m = offs_m < T
@@ -254,6 +275,51 @@ if triton is not None:
             _store_selected_grad_y(
                 gh, g_ptr, u_ptr, rows, gy_ptr, offs_m, mask_m, offs_r, mask_r, N, R, alpha, PRECISION, UPCAST
             )
+
+    @triton.jit
+    def _pick(p, a, b, c):
+        """a, b or c for projection p (0, 1, 2) of a group: each program of a group kernel serves one of them."""
+        if p == 0:
+            v = a
+        elif p == 1:
+            v = b
+        else:
+            v = c
+        return v
+
+    @triton.jit
+    def _forward_group_kernel(
+        y0, y1, y2, c0, c1, c2, u0, u1, u2, rows0, rows1, rows2, bias0, bias1, bias2, out0, out1, out2,
+        t0, t1, t2, N0, N1, N2, alpha0, alpha1, alpha2, T, R,
+        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        """`_forward_kernel` for the three projections of a group at once: program (m, p) does block of rows m
+        of projection p, all its columns."""
+        p = tl.program_id(1)
+        N = _pick(p, N0, N1, N2)
+        _forward_block(
+            _pick(p, y0, y1, y2), _pick(p, c0, c1, c2), _pick(p, u0, u1, u2), _pick(p, rows0, rows1, rows2),
+            _pick(p, bias0, bias1, bias2), _pick(p, out0, out1, out2), _pick(p, t0, t1, t2), T, N, R,
+            _pick(p, alpha0, alpha1, alpha2), N, tl.program_id(0), 0, HAS_BIAS, PRECISION, UPCAST, BM, BN, RP,
+        )  # fmt: skip
+
+    @triton.jit
+    def _backward_group_kernel(
+        g0, g1, g2, c0, c1, c2, u0, u1, u2, t0, t1, t2, rows0, rows1, rows2, gy0, gy1, gy2, gu_ptr,
+        N0, N1, N2, alpha0, alpha1, alpha2, T, R,
+        WRITE_GRAD_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr,
+    ):  # fmt: skip
+        """`_backward_rows_kernel` for the three projections of a group at once; U-gradient partials of
+        projection p at gu_ptr[p]."""
+        p = tl.program_id(1)
+        _backward_rows_block(
+            _pick(p, g0, g1, g2), _pick(p, c0, c1, c2), _pick(p, u0, u1, u2), _pick(p, t0, t1, t2),
+            _pick(p, rows0, rows1, rows2), _pick(p, gy0, gy1, gy2), gu_ptr + p * tl.num_programs(0) * RP * RP,
+            T, _pick(p, N0, N1, N2), R, _pick(p, alpha0, alpha1, alpha2), tl.program_id(0),
+            WRITE_GRAD_Y, PRECISION, UPCAST, BM, BN, RP,
+        )  # fmt: skip
 
 
 def forward(y2, c, u, rows, bias_rows, alpha: float):
@@ -304,3 +370,39 @@ def backward(g2, t, c, u, rows, alpha: float, need_grad_y: bool):
         **common,
     )  # fmt: skip
     return grad_y, partial_gu.sum(0)[:rank, :rank]
+
+
+def forward_group(ys, cs, us, rows, biases, alphas):
+    """`forward` for the three projections of a group (lists of three; all or none with a bias; one rank),
+    in one launch: ([out], [t])."""
+    ys, cs, us = [y.contiguous() for y in ys], [c.contiguous() for c in cs], [u.contiguous() for u in us]
+    tokens, rank = ys[0].shape[0], cs[0].shape[1]
+    outs = [torch.empty_like(y) for y in ys]
+    ts = [torch.empty(tokens, rank, device=y.device, dtype=y.dtype) for y in ys]
+    has_bias = biases[0] is not None
+    _forward_group_kernel[(triton.cdiv(tokens, _FORWARD["rows"]), 3)](
+        *ys, *cs, *us, *rows, *(biases if has_bias else ys), *outs, *ts, *(y.shape[1] for y in ys),
+        *(float(a) for a in alphas), tokens, rank, HAS_BIAS=has_bias, PRECISION=_precision(ys[0]),
+        UPCAST=_INTERPRET, BM=_FORWARD["rows"], BN=_FORWARD["tile"], RP=_rank_block(rank),
+        num_warps=_FORWARD["warps"],
+    )  # fmt: skip
+    return outs, ts
+
+
+def backward_group(gs, ts, cs, us, rows, alphas, need_grad_y: bool):
+    """`backward` for `forward_group`, in one launch (the one-kernel design: three projections' blocks of rows
+    fill the GPU): ([grad_y] or None, [grad_u] in fp32)."""
+    gs, cs, us = [g.contiguous() for g in gs], [c.contiguous() for c in cs], [u.contiguous() for u in us]
+    tokens, rank = gs[0].shape[0], cs[0].shape[1]
+    rank_block = _rank_block(rank)
+    grad_ys = [torch.empty_like(g) for g in gs] if need_grad_y else None
+    row_blocks = triton.cdiv(tokens, _BACKWARD_ROWS["rows"])
+    partial_gu = torch.empty(3, row_blocks, rank_block, rank_block, device=gs[0].device, dtype=torch.float32)
+    _backward_group_kernel[(row_blocks, 3)](
+        *gs, *cs, *us, *ts, *rows, *(gs if grad_ys is None else grad_ys), partial_gu, *(g.shape[1] for g in gs),
+        *(float(a) for a in alphas), tokens, rank, WRITE_GRAD_Y=need_grad_y, PRECISION=_precision(gs[0]),
+        UPCAST=_INTERPRET, BM=_BACKWARD_ROWS["rows"], BN=_BACKWARD_ROWS["tile"], RP=rank_block,
+        num_warps=_BACKWARD_ROWS["warps"],
+    )  # fmt: skip
+    grad_us = partial_gu.sum(1)[:, :rank, :rank]
+    return grad_ys, list(grad_us.unbind(0))

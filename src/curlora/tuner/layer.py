@@ -246,10 +246,17 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, layer_name=layer_name, inference_mode=config.inference_mode)
         self.register_load_state_dict_post_hook(lambda module, _keys: module._after_load())
+        # q, k and v of one block, set by CURLoRAModel (`curlora.tuner.group`); a plain attribute, not a submodule
+        self._shared_input_group = None
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # Only Python-side, non-data-dependent branches (flags, adapter names, dtypes), so that
         # torch.compile(fullgraph=True) traces this without graph breaks (tests/test_compile.py).
+        group = self._shared_input_group if not args and not kwargs else None
+        if group is not None and group.members[0] is not self:
+            taken = group.take(self, x)  # computed by the group's leader for this very input
+            if taken is not None:
+                return taken
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
@@ -259,6 +266,10 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
             return result
         names = [name for name in self.active_adapters if name in self.curlora_U]
         if len(names) == 1 and self._can_reuse_base_output(names[0], result):
+            if group is not None and group.members[0] is self:
+                grouped = group.lead(x, names[0], result)
+                if grouped is not None:
+                    return grouped
             return self._add_from_base_output(names[0], result)
         for name in names:
             result = self._add_from_input(name, x, result)
@@ -266,14 +277,24 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
 
     def _can_reuse_base_output(self, name: str, result: torch.Tensor) -> bool:
         """Whether result[..., rows] − b[rows] is x·Rᵀ: a frozen plain Linear/Conv1D in the factors' dtype."""
+        return self._frozen_plain_base(name) and result.dtype == self.curlora_C[name].dtype
+
+    def _frozen_plain_base(self, name: str) -> bool:
         base = self.base_layer  # this class wraps its base directly (no nested tuner layers)
         return (
             self.curlora_reuse_base_output[name]
             and type(base) in (nn.Linear, Conv1D)
             and not base.weight.requires_grad
             and (base.bias is None or not base.bias.requires_grad)
-            and result.dtype == self.curlora_C[name].dtype
         )
+
+    def _single_base_output_adapter(self) -> str | None:
+        """The one active adapter, where this layer would take the base-output path for an output in its
+        factors' dtype (as `forward` decides); else None. Asked by its group's leader before computing for it."""
+        if self.disable_adapters or self.merged:
+            return None
+        names = [name for name in self.active_adapters if name in self.curlora_U]
+        return names[0] if len(names) == 1 and self._frozen_plain_base(names[0]) else None
 
     def _add_from_base_output(self, name: str, result: torch.Tensor) -> torch.Tensor:
         rows = self.curlora_rows[name]

@@ -9,6 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from curlora.errors import CurloraError
 from curlora.tuner.config import DEFAULT_TARGET_MODULES, CURLoRAConfig
+from curlora.tuner.group import link_shared_input_groups
 from curlora.tuner.layer import _DTYPES, CURLoRALayer, CURLoRALinear
 
 
@@ -25,6 +26,10 @@ class CURLoRAModel(BaseTuner):
 
             peft_config.target_modules = set(default_target_modules(model_config.get("model_type")))
         return peft_config
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        link_shared_input_groups(model, CURLoRALinear)  # q/k/v of a block: one kernel launch each way
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs):
         if current_key is None:
