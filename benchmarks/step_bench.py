@@ -13,6 +13,7 @@ train (forward + backward + AdamW step):
   lora-bf16       PEFT LoRA with autocast_adapter_dtype=False (adapter weights in the model's dtype).
   curlora         CURLoRA r on q/k/v, eager, the library's forward (x·Rᵀ taken from the base output; under
                   torch.compile on CUDA with Triton, as the fused kernels of curlora/tuner/kernels.py).
+  curlora-ungrouped  the library's forward without its q/k/v groups (one kernel launch per projection).
   curlora-torch   the library's base-output path as torch ops (no Triton kernels): the path before the kernels.
   curlora-triton  the Triton kernels also in eager mode (the library uses them only under torch.compile).
   curlora-xr      CURLoRA with x·Rᵀ as a GEMM over x (the library's fallback path; benchmarks/layer_variants.py).
@@ -22,7 +23,7 @@ train (forward + backward + AdamW step):
   <any>-compile   the same with torch.compile on the forward + loss (backward compiled by AOTAutograd; the
                   optimizer step stays eager). Compile time is reported separately (first warm-up call).
 inference (forward only, no grad):
-  infer-base, infer-lora, infer-curlora, infer-curlora-torch, infer-curlora-xr,
+  infer-base, infer-lora, infer-curlora, infer-curlora-torch, infer-curlora-xr, infer-curlora-ungrouped,
   infer-merged (CURLoRA after merge_and_unload); each also with -compile (the forward under torch.compile,
   held against infer-base-compile; on CUDA the unmerged CURLoRA forward then runs the fused kernel)
 other:
@@ -88,10 +89,11 @@ DEFAULT_VARIANTS = (
 )
 TRAIN_BASES = (
     "floor", "lora", "lora-bf16", "curlora", "curlora-torch", "curlora-triton", "curlora-orig", "curlora-xr",
-    "curlora-reduce",
+    "curlora-reduce", "curlora-ungrouped",
 )  # fmt: skip
 INFER_VARIANTS = (
-    "infer-base", "infer-lora", "infer-curlora", "infer-curlora-torch", "infer-curlora-xr", "infer-merged"
+    "infer-base", "infer-lora", "infer-curlora", "infer-curlora-torch", "infer-curlora-xr", "infer-merged",
+    "infer-curlora-ungrouped",
 )  # fmt: skip
 ALL_VARIANTS = [
     *(v for v in TRAIN_BASES if v != "curlora-reduce"), "floor-compile", "lora-compile", "curlora-compile",
@@ -254,7 +256,9 @@ def make_runner(name: str, backbone: nn.Module, batch: dict[str, torch.Tensor], 
 
     if split_compile(name)[0] in INFER_VARIANTS:
         label, (name, compiled) = name, split_compile(name)
-        impl = {"infer-curlora-xr": "xr", "infer-curlora-torch": "torch"}.get(name, "library")
+        impl = {"infer-curlora-xr": "xr", "infer-curlora-torch": "torch", "infer-curlora-ungrouped": "ungrouped"}.get(
+            name, "library"
+        )
         # merging writes into the adapted weights: that variant gets its own copy of them
         model = share_copy(backbone, own=(lambda n: name == "infer-merged" and any(t in n for t in TARGET_MODULES)))
         if name != "infer-base":
