@@ -6,10 +6,12 @@ cost, as inside a compiled training step. Printed per shape: the torch-ops path,
 kernel (both backward designs swept), and the bandwidth bound (bytes that must move / the measured copy bandwidth).
 
     python benchmarks/kernel_sweep.py            # needs a CUDA GPU and Triton
+    python benchmarks/kernel_sweep.py --groups   # the q/k/v group kernels instead, per model
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import torch
@@ -97,11 +99,56 @@ def sweep_shape(tokens: int, width: int, bandwidth: float) -> None:
     print(f"   backward, one kernel per block of rows best {_best(one_kernel)}")
 
 
+GROUP_SHAPES = {"135M": (8192, (576, 192, 192)), "1B": (4096, (2048, 512, 512)), "7B": (2048, (4096, 1024, 1024))}
+GROUP_GRID = list(itertools.product([16, 32, 64], [64, 128, 256], [4, 8]))  # rows, tile, warps
+
+
+def sweep_group(model: str, bandwidth: float) -> None:
+    """The q/k/v group kernels (one launch for three projections) against the three single launches."""
+    tokens, widths = GROUP_SHAPES[model]
+    inputs = [_inputs(tokens, w) for w in widths]
+    ys, cs, us, rows = (list(x) for x in zip(*inputs, strict=True))
+    gs = [torch.randn_like(y) for y in ys]
+    ts = kernels.forward_group(ys, cs, us, rows, [None] * 3, (1.0,) * 3)[1]
+    bound = sum(2 * y.numel() * y.element_size() for y in ys) / bandwidth * 1e6
+
+    def singles_fwd():
+        return [kernels.forward(y, c, u, r, None, 1.0) for y, c, u, r in inputs]
+
+    def singles_bwd():
+        return [kernels.backward(g, t, c, u, r, 1.0, True) for g, t, (_, c, u, r) in zip(gs, ts, inputs, strict=True)]
+
+    def group_fwd():
+        return kernels.forward_group(ys, cs, us, rows, [None] * 3, (1.0,) * 3)
+
+    def group_bwd():
+        return kernels.backward_group(gs, ts, cs, us, rows, (1.0,) * 3, True)
+
+    now_f, now_b = _us(group_fwd), _us(group_bwd)
+    keys = ("rows", "tile", "warps")
+    fwd = _sweep(kernels._FORWARD_GROUP, GROUP_GRID, group_fwd, keys=keys)
+    bwd = _sweep(kernels._BACKWARD_GROUP, GROUP_GRID, group_bwd, keys=keys)
+    print(
+        f"{model} ({tokens} x {'+'.join(map(str, widths))}): bound {bound:5.1f} | forward: 3 launches "
+        f"{_us(singles_fwd):5.1f}, group {now_f:5.1f} | backward: 3 launches {_us(singles_bwd):5.1f}, "
+        f"group {now_b:5.1f}"
+    )
+    print(f"   group forward best {_best(fwd)}")
+    print(f"   group backward best {_best(bwd)}")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--groups", action="store_true", help="sweep the q/k/v group kernels, per model")
+    args = parser.parse_args()
     copy_src = torch.empty(256 * 2**20, device="cuda", dtype=torch.uint8)
     copy_dst = torch.empty_like(copy_src)
     bandwidth = 2 * copy_src.numel() / (_us(lambda: copy_dst.copy_(copy_src)) * 1e-6)  # bytes/s, read + write
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; times in µs (CUDA graphs)")
+    if args.groups:
+        for model in GROUP_SHAPES:
+            sweep_group(model, bandwidth)
+        return
     for tokens, width in SHAPES:
         sweep_shape(tokens, width, bandwidth)
 

@@ -74,6 +74,9 @@ _BACKWARD_FINISH = {"rows": 32, "warps": 4}
 # once the blocks of rows alone about fill the GPU, one backward kernel per block of rows beats two kernels over
 # more programs (H100: 4096 tokens and more)
 _BACKWARD_ROWS = {"rows": 32, "tile": 128, "min_programs_per_sm": 0.9, "warps": 4}
+# q, k and v in one launch (`curlora.tuner.group`): three projections' blocks of rows, each over all its columns
+_FORWARD_GROUP = {"rows": 16, "tile": 256, "warps": 4}
+_BACKWARD_GROUP = {"rows": 32, "tile": 128, "warps": 4}
 
 
 def _sm_count(device: torch.device) -> int:
@@ -380,11 +383,11 @@ def forward_group(ys, cs, us, rows, biases, alphas):
     outs = [torch.empty_like(y) for y in ys]
     ts = [torch.empty(tokens, rank, device=y.device, dtype=y.dtype) for y in ys]
     has_bias = biases[0] is not None
-    _forward_group_kernel[(triton.cdiv(tokens, _FORWARD["rows"]), 3)](
+    _forward_group_kernel[(triton.cdiv(tokens, _FORWARD_GROUP["rows"]), 3)](
         *ys, *cs, *us, *rows, *(biases if has_bias else ys), *outs, *ts, *(y.shape[1] for y in ys),
         *(float(a) for a in alphas), tokens, rank, HAS_BIAS=has_bias, PRECISION=_precision(ys[0]),
-        UPCAST=_INTERPRET, BM=_FORWARD["rows"], BN=_FORWARD["tile"], RP=_rank_block(rank),
-        num_warps=_FORWARD["warps"],
+        UPCAST=_INTERPRET, BM=_FORWARD_GROUP["rows"], BN=_FORWARD_GROUP["tile"], RP=_rank_block(rank),
+        num_warps=_FORWARD_GROUP["warps"],
     )  # fmt: skip
     return outs, ts
 
@@ -396,13 +399,13 @@ def backward_group(gs, ts, cs, us, rows, alphas, need_grad_y: bool):
     tokens, rank = gs[0].shape[0], cs[0].shape[1]
     rank_block = _rank_block(rank)
     grad_ys = [torch.empty_like(g) for g in gs] if need_grad_y else None
-    row_blocks = triton.cdiv(tokens, _BACKWARD_ROWS["rows"])
+    row_blocks = triton.cdiv(tokens, _BACKWARD_GROUP["rows"])
     partial_gu = torch.empty(3, row_blocks, rank_block, rank_block, device=gs[0].device, dtype=torch.float32)
     _backward_group_kernel[(row_blocks, 3)](
         *gs, *cs, *us, *ts, *rows, *(gs if grad_ys is None else grad_ys), partial_gu, *(g.shape[1] for g in gs),
         *(float(a) for a in alphas), tokens, rank, WRITE_GRAD_Y=need_grad_y, PRECISION=_precision(gs[0]),
-        UPCAST=_INTERPRET, BM=_BACKWARD_ROWS["rows"], BN=_BACKWARD_ROWS["tile"], RP=rank_block,
-        num_warps=_BACKWARD_ROWS["warps"],
+        UPCAST=_INTERPRET, BM=_BACKWARD_GROUP["rows"], BN=_BACKWARD_GROUP["tile"], RP=rank_block,
+        num_warps=_BACKWARD_GROUP["warps"],
     )  # fmt: skip
     grad_us = partial_gu.sum(1)[:, :rank, :rank]
     return grad_ys, list(grad_us.unbind(0))
