@@ -76,7 +76,7 @@ _BACKWARD_FINISH = {"rows": 32, "warps": 4}
 _BACKWARD_ROWS = {"rows": 32, "tile": 128, "min_programs_per_sm": 0.9, "warps": 4}
 # q, k and v in one launch (`curlora.tuner.group`): three projections' blocks of rows, each over all its columns
 _FORWARD_GROUP = {"rows": 16, "tile": 256, "warps": 4}
-_BACKWARD_GROUP = {"rows": 32, "tile": 128, "warps": 4}
+_BACKWARD_GROUP = {"rows": 64, "tile": 128, "warps": 4}
 
 
 def _sm_count(device: torch.device) -> int:
