@@ -266,7 +266,7 @@ _KERNEL_ARGS = {
     ),
     "_backward_group_kernel": (
         _three_each("*a *a *fp32 *a *i64 *a") + " *fp32 " + _three_each("i32 fp32") + " i32 i32",
-        {"WRITE_GRAD_Y": True, "BM": 64, "BN": 128},
+        {"WRITE_GRAD_Y": True, "BM": 32, "BN": 128},
     ),
 }
 
