@@ -128,18 +128,30 @@ def check_groups(device: str, compiled: bool = False) -> list[str]:
         logits.float().square().mean().backward()
         return logits.detach(), [m.curlora_U["default"].grad.clone() for m in layers]
 
-    grouped = run(torch.compile(model, fullgraph=True) if compiled else model)
+    def infer(fn):
+        with torch.no_grad():
+            return fn(input_ids=ids).logits
+
+    fn = torch.compile(model, fullgraph=True) if compiled else model
+    grouped, grouped_infer = run(fn), infer(fn)
     waiting = [m for m in layers if m._shared_input_group._input is not None]
     if waiting:
         failures.append(f"{len(waiting)} layers still hold a leader's input after the forward")
+    # a follower called on its own, on another input, computes its own output
+    k_proj = layers[1]
+    x = torch.randn(3, k_proj.in_features, device=device, dtype=dtype)
+    k_alone = k_proj(x)
     saved = [m._shared_input_group for m in layers]
     for layer in layers:
         layer._shared_input_group = None
-    alone = run(model)
+    alone, alone_infer = run(model), infer(model)
+    if not torch.equal(k_alone, k_proj(x)):
+        failures.append("a follower called alone did not compute its own output")
     for layer, group in zip(layers, saved, strict=True):
         layer._shared_input_group = group
     tolerance = 2e-2 if compiled else 1e-5
-    for name, a, b in [("logits", grouped[0], alone[0])] + [
+    pairs = [("logits", grouped[0], alone[0]), ("logits without grad", grouped_infer, alone_infer)]
+    for name, a, b in pairs + [
         (f"grad U {i}", a, b) for i, (a, b) in enumerate(zip(grouped[1], alone[1], strict=True))
     ]:
         rel = ((a.float() - b.float()).norm() / b.float().norm()).item()
