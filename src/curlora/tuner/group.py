@@ -72,8 +72,10 @@ class SharedInputGroup:
         """The leader's output with its followers' computed alongside, or None where the group cannot run."""
         leader, *followers = self.members
         c = leader.curlora_C[name]
+        if not leader._fused_kernels(result, c.shape[1]):  # first: eagerly and on CPU this is all it costs
+            return None
         names = [name] + [m._single_base_output_adapter() for m in followers]
-        if any(n is None for n in names) or not leader._fused_kernels(result, c.shape[1]):
+        if any(n is None for n in names):
             return None
         cs = [m.curlora_C[n] for m, n in zip(self.members, names, strict=True)]
         biases = [m.base_layer.bias for m in self.members]

@@ -15,6 +15,8 @@ columns), so that even a small batch fills the GPU:
   gradient for U, `ghᵀ·t`, which torch sums. No atomics anywhere, so results are deterministic.
 - with many tokens (enough blocks of rows to fill the GPU on their own) both backward steps run as one kernel
   per block of rows: one launch fewer, which is what counts at these sizes.
+- the group kernels do the forward and the one-kernel backward for the q, k and v projections of a block in one
+  launch (program = block of rows × projection; `curlora.tuner.group` decides when).
 
 Rounding follows the torch path where it rounds (h and g·C to the activation dtype before the next product)
 and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
