@@ -329,3 +329,26 @@ def test_reuse_base_output_is_saved_and_an_older_config_without_it_loads(tmp_pat
     del cfg["reuse_base_output"]
     cfg_path.write_text(json.dumps(cfg))
     assert flags(adapter) == {True}
+
+
+def test_qkv_of_each_block_are_linked_into_one_group_after_injection_and_loading(tmp_path):
+    """Each block's adapted q/k/v share one group (`curlora.tuner.group`); a block without all three has none.
+    On CPU the group never runs (no fused kernels), so outputs are the per-layer ones either way."""
+    from curlora.tuner.layer import CURLoRALinear
+
+    def groups(model):
+        layers = [m for m in model.modules() if isinstance(m, CURLoRALinear)]
+        return layers, {id(m._shared_input_group) for m in layers}
+
+    model = get_peft_model(tiny_llama(num_layers=2), CURLoRAConfig(r=4))
+    layers, ids = groups(model)
+    assert len(layers) == 6 and len(ids) == 2 and None not in {m._shared_input_group for m in layers}
+    for block in range(2):
+        q, k, v = layers[3 * block : 3 * block + 3]
+        assert q._shared_input_group is k._shared_input_group is v._shared_input_group
+        assert q._shared_input_group.members == (q, k, v)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_llama(num_layers=2), tmp_path)
+    assert len(groups(loaded)[1]) == 2
+    q_and_v = get_peft_model(tiny_llama(num_layers=2), CURLoRAConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert {m._shared_input_group for m in groups(q_and_v)[0]} == {None}
