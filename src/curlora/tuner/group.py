@@ -78,13 +78,13 @@ class SharedInputGroup:
         if any(n is None for n in names):
             return None
         cs = [m.curlora_C[n] for m, n in zip(self.members, names, strict=True)]
-        biases = [m.base_layer.bias for m in self.members]
-        if any(f.shape[1] != c.shape[1] or f.dtype != c.dtype for f in cs) or len({b is None for b in biases}) > 1:
+        has_bias = {m.base_layer.bias is not None for m in self.members}
+        if any(f.shape[1] != c.shape[1] or f.dtype != c.dtype for f in cs) or len(has_bias) > 1:
             return None
         ys = [result] + [m.base_layer(x) for m in followers]
         us = [m.curlora_U[n] for m, n in zip(self.members, names, strict=True)]
         rows = [m.curlora_rows[n] for m, n in zip(self.members, names, strict=True)]
-        bias_rows = [None if b is None else b.index_select(0, r).to(c.dtype) for b, r in zip(biases, rows, strict=True)]
+        bias_rows = [m._bias_rows(n, c.dtype) for m, n in zip(self.members, names, strict=True)]
         alphas = tuple(m.curlora_alpha[n] for m, n in zip(self.members, names, strict=True))
         if torch.is_grad_enabled() and (result.requires_grad or any(u.requires_grad for u in us)):
             outs = _GroupFromBaseOutput.apply(alphas, *ys, *cs, *us, *rows, *bias_rows)
@@ -95,14 +95,11 @@ class SharedInputGroup:
         return outs[0]
 
 
-def link_shared_input_groups(model: nn.Module, layer_type: type) -> int:
-    """Give every parent's adapted q/k/v (all three `layer_type`, one input width) a group; returns how many."""
-    count = 0
+def link_shared_input_groups(model: nn.Module, layer_type: type) -> None:
+    """Give every parent's adapted q/k/v (all three `layer_type`, one input width) a group."""
     for parent in model.modules():
         members = [getattr(parent, n, None) for n in SHARED_INPUT_NAMES]
         if all(isinstance(m, layer_type) for m in members) and len({m.in_features for m in members}) == 1:
             group = SharedInputGroup(tuple(members))
             for member in members:
                 member._shared_input_group = group
-            count += 1
-    return count

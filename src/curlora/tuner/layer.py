@@ -264,7 +264,7 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result
-        names = [name for name in self.active_adapters if name in self.curlora_U]
+        names = self._active_here()
         if len(names) == 1 and self._can_reuse_base_output(names[0], result):
             if group is not None and group.members[0] is self:
                 grouped = group.lead(x, names[0], result)
@@ -293,13 +293,21 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         factors' dtype (as `forward` decides); else None. Asked by its group's leader before computing for it."""
         if self.disable_adapters or self.merged:
             return None
-        names = [name for name in self.active_adapters if name in self.curlora_U]
+        names = self._active_here()
         return names[0] if len(names) == 1 and self._frozen_plain_base(names[0]) else None
+
+    def _active_here(self) -> list[str]:
+        """The active adapters this layer holds."""
+        return [name for name in self.active_adapters if name in self.curlora_U]
+
+    def _bias_rows(self, name: str, dtype: torch.dtype) -> torch.Tensor | None:
+        """b[rows] in `dtype`: what the base output holds beyond x·Rᵀ at the adapter's rows (None: no bias)."""
+        bias = self.base_layer.bias
+        return None if bias is None else bias.index_select(0, self.curlora_rows[name]).to(dtype)
 
     def _add_from_base_output(self, name: str, result: torch.Tensor) -> torch.Tensor:
         rows = self.curlora_rows[name]
-        bias = self.base_layer.bias
-        bias_rows = None if bias is None else bias.index_select(0, rows).to(result.dtype)
+        bias_rows = self._bias_rows(name, result.dtype)
         c, u, alpha = self.curlora_C[name], self.curlora_U[name], self.curlora_alpha[name]
         fused = self._fused_kernels(result, c.shape[1])
         if torch.is_grad_enabled() and (result.requires_grad or u.requires_grad):
