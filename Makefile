@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests perf tools
 
 test: setup lint
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile

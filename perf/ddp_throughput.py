@@ -6,10 +6,10 @@ std 0.02) from a published architecture, built on every rank from the same seed 
 The global batch is --batch-size whatever the number of processes: each rank takes its slice, as in the bench,
 so steps/s compares like for like (ideal scaling: N times the 1-process steps/s).
 
-    python benchmarks/ddp_throughput.py --model llama-1b                               # 1 GPU
-    accelerate launch --config_file configs/accelerate/ddp.yaml benchmarks/ddp_throughput.py --model llama-1b
-    accelerate launch --config_file configs/accelerate/fsdp.yaml benchmarks/ddp_throughput.py --model llama-7b
-    torchrun --nproc_per_node 2 benchmarks/ddp_throughput.py --model tiny --device cpu  # CPU smoke test (gloo)
+    python perf/ddp_throughput.py --model llama-1b                               # 1 GPU
+    accelerate launch --config_file configs/accelerate/ddp.yaml perf/ddp_throughput.py --model llama-1b
+    accelerate launch --config_file configs/accelerate/fsdp.yaml perf/ddp_throughput.py --model llama-7b
+    torchrun --nproc_per_node 2 perf/ddp_throughput.py --model tiny --device cpu  # CPU smoke test (gloo)
 
 Rank 0 prints one JSON object (and writes it to --out): steps/s, examples/s, tokens/s, and on CUDA the peak
 memory of the largest rank: `peak_gib` during the timed steps, `resident_gib` after wrapping/sharding, and
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from curlora import distributed
-from curlora.classify import backbone_of, pooled_hidden
+from curlora.methods import parse_method, wrap_model
 from curlora.recipes.bench import resolve_device
-from curlora.recipes.methods import parse_method, wrap_model
+from curlora.recipes.bench.classify import backbone_of, pooled_hidden
 from curlora.testing import ARCHITECTURES, random_init_
 
 MODELS = {
@@ -51,7 +51,7 @@ def build(name: str, device: torch.device, dtype: torch.dtype, seed: int) -> nn.
     """The causal LM, random-init directly on `device` in `dtype` (no full fp32 copy anywhere)."""
     from transformers import AutoConfig
 
-    from curlora.models import build_on_meta
+    from curlora.models.load import build_on_meta
 
     spec = dict(MODELS[name])
     model = build_on_meta(AutoConfig.for_model(spec.pop("model_type"), **spec))

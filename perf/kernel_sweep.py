@@ -5,8 +5,8 @@ cost, as inside a compiled training step. Printed per shape: the torch-ops path,
 (forward, and whichever backward design the library picks for the shape), the best configurations of each
 kernel (both backward designs swept), and the bandwidth bound (bytes that must move / the measured copy bandwidth).
 
-    python benchmarks/kernel_sweep.py            # needs a CUDA GPU and Triton
-    python benchmarks/kernel_sweep.py --groups   # the q/k/v group kernels instead, per model
+    python perf/kernel_sweep.py            # needs a CUDA GPU and Triton
+    python perf/kernel_sweep.py --groups   # the q/k/v group kernels instead, per model
 """
 
 from __future__ import annotations

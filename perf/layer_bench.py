@@ -4,8 +4,8 @@ Compares the frozen base layer alone (the floor) with PEFT LoRA and the CURLoRA 
 `layer_variants.py`, at the q/k/v shapes of the models in `step_bench.py`. Prints one line per shape and
 variant with the time and the overhead over the floor.
 
-    python benchmarks/layer_bench.py --device cpu --tokens 512 --shapes 576x576,576x192,2048x2048,2048x512
-    python benchmarks/layer_bench.py --device cuda --tokens 8192 --shapes 4096x4096,4096x1024
+    python perf/layer_bench.py --device cpu --tokens 512 --shapes 576x576,576x192,2048x2048,2048x512
+    python perf/layer_bench.py --device cuda --tokens 8192 --shapes 4096x4096,4096x1024
 """
 
 from __future__ import annotations

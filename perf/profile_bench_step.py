@@ -1,6 +1,6 @@
 """Profile the bench's training step on one GPU with a random-init SmolLM2-135M (no weights needed).
 
-Usage: python benchmarks/profile_bench_step.py [--steps 40]. Prints ms/step per variant and the top ops.
+Usage: python perf/profile_bench_step.py [--steps 40]. Prints ms/step per variant and the top ops.
 """
 
 import argparse
@@ -13,7 +13,7 @@ from peft import get_peft_model
 from transformers import LlamaForCausalLM
 
 import curlora
-from curlora.classify import Encoded, backbone_of, batches, pooled_hidden
+from curlora.recipes.bench.classify import Encoded, backbone_of, batches, pooled_hidden
 from curlora.testing import architecture_config
 
 p = argparse.ArgumentParser()

@@ -16,8 +16,8 @@ train (forward + backward + AdamW step):
   curlora-ungrouped  the library's forward without its q/k/v groups (one kernel launch per projection).
   curlora-torch   the library's base-output path as torch ops (no Triton kernels): the path before the kernels.
   curlora-triton  the Triton kernels also in eager mode (the library uses them only under torch.compile).
-  curlora-xr      CURLoRA with x·Rᵀ as a GEMM over x (the library's fallback path; benchmarks/layer_variants.py).
-  curlora-orig    CURLoRA with the forward from before any performance pass (benchmarks/layer_variants.py).
+  curlora-xr      CURLoRA with x·Rᵀ as a GEMM over x (the library's fallback path; perf/layer_variants.py).
+  curlora-orig    CURLoRA with the forward from before any performance pass (perf/layer_variants.py).
   curlora-reduce  CURLoRA with the rank-r products as sums over r, for inductor to fuse: use it as
                   curlora-reduce-compile only (eager it builds tokens × out × r temporaries).
   <any>-compile   the same with torch.compile on the forward + loss (backward compiled by AOTAutograd; the
@@ -45,8 +45,8 @@ the process), so the peak is ESTIMATED as resident bytes + the bytes saved for b
 torch.autograd.graph.saved_tensors_hooks, unique storages, weights excluded). The saved-for-backward bytes are
 reported on both devices (eager variants).
 
-    python benchmarks/step_bench.py --device cpu --models smollm2-135m --layers 4 --seq 128 --batch 4
-    python benchmarks/step_bench.py --device cuda --models smollm2-135m,llama-1b,mistral-7b --out gpu.json
+    python perf/step_bench.py --device cpu --models smollm2-135m --layers 4 --seq 128 --batch 4
+    python perf/step_bench.py --device cuda --models smollm2-135m,llama-1b,mistral-7b --out gpu.json
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ log = logging.getLogger("step_bench")
 
 def build_backbone(name: str, device: torch.device, dtype: torch.dtype, layers: int | None, seed: int) -> nn.Module:
     """The decoder backbone (no LM head) of model `name`, random-init in `dtype` on `device`."""
-    from curlora.models import build_on_meta
+    from curlora.models.load import build_on_meta
 
     config = architecture_config(name, **({"num_hidden_layers": layers} if layers else {}))
     backbone = build_on_meta(config).model  # the LM head is never built: the task reads the last hidden state
@@ -202,7 +202,7 @@ class Runner:
 
 
 def _layer_variants():
-    """benchmarks/layer_variants.py, importable whatever the working directory."""
+    """perf/layer_variants.py, importable whatever the working directory."""
     here = str(Path(__file__).resolve().parent)
     if here not in sys.path:
         sys.path.insert(0, here)

@@ -140,9 +140,10 @@ def test_two_processes_match_one(tmp_path):
             mine, want = _saved(root / name, label), _saved(ref_dir, label)
             assert mine.keys() == want.keys()
             for k in want:
-                # U and the heads within 1e-5; `full`'s weights within 1e-4: AdamW moves an entry whose gradient
-                # is ~0 by up to lr in either direction, so float noise in a few near-zero gradients shows there
-                atol = 1e-4 if label == "full" and "head_" not in k else 1e-5
+                # U and the heads within 1e-5; `full`'s weights within lr (1e-3, the quick preset's): AdamW moves
+                # an entry whose gradient is ~0 by up to lr in either direction, so float noise in a few near-zero
+                # gradients shows there (1.05e-4 seen in 1 of 4,096 entries on a 2-core x86-64 CPU)
+                atol = 1e-3 if label == "full" and "head_" not in k else 1e-5
                 torch.testing.assert_close(mine[k], want[k], rtol=0, atol=atol, msg=f"{name} {label} {k}")
         results = json.loads((root / name / "results.json").read_text())
         assert results["environment"]["processes"] == 2 and results["environment"]["fsdp"] == (name == "fsdp")

@@ -10,6 +10,6 @@ timeout ${SFT_S:-250} python3 -m curlora sft --model smollm2-135m --data .devdat
 echo "sft exit $? in $(( $(date +%s) - t0 ))s"; cp /tmp/sft-gpu/*.json /tmp/sft-gpu/*.md $OUT/ 2>/dev/null
 tail -12 $OUT/sft.log
 V=floor,lora,curlora,infer-base,infer-curlora,infer-merged,disk
-timeout ${PERF_S:-280} python3 benchmarks/step_bench.py --device cuda --models smollm2-135m,llama-1b,mistral-7b \
+timeout ${PERF_S:-280} python3 perf/step_bench.py --device cuda --models smollm2-135m,llama-1b,mistral-7b \
   --variants $V --steps 10 --warmup 3 --out $OUT/gpu-perf.json > $OUT/perf.log 2>&1
 echo "perf exit $?"; tail -45 $OUT/perf.log

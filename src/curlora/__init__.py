@@ -4,24 +4,25 @@
 works like any built-in tuner, and `PeftModel.from_pretrained` loads saved CURLoRA adapters.
 """
 
-from curlora.adapters import adapter_bytes, check_adapter_dir, load_adapter
-from curlora.baselines import lora_config
 from curlora.errors import CurloraError
+from curlora.files import package_version
+from curlora.methods import lora_config
+from curlora.metrics import delta_norm_ratios
 from curlora.tuner import (
     CURLORA_PEFT_TYPE,
     CURLoRAConfig,
     CURLoRALayer,
     CURLoRAModel,
     default_target_modules,
-    delta_norm_ratios,
 )
+from curlora.tuner.saved import adapter_bytes, check_adapter_dir, load_adapter
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 
 def load_model(name_or_path: str = "smollm2-135m", **kwargs):
     """Load a causal LM and its tokenizer: the built-in `smollm2-135m`, a local folder or a hub id."""
-    from curlora.models import load_model as _load
+    from curlora.models.load import load_model as _load
 
     return _load(name_or_path, **kwargs)
 

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,3 +86,42 @@ def sha256_file(path: str | os.PathLike) -> str:
 def safe_name(label: str) -> str:
     """`label` as a file or folder name: characters other than letters, digits, "-", "_" and "." become "_"."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def package_version() -> str:
+    """curlora's version from the installed metadata (pyproject.toml is the one place it is written);
+    "unknown" when run from a source tree that was never installed (e.g. PYTHONPATH=src on a GPU machine)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("curlora")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def looks_like_path(name: str, *, file_suffixes: tuple[str, ...] = ()) -> bool:
+    """A string that can only be a file system path, never a hub id like ``org/name``."""
+    if name.startswith((".", "/", "~", "\\")) or "\\" in name or (os.sep != "/" and os.sep in name):
+        return True
+    if len(name) > 1 and name[1] == ":":  # Windows drive letter
+        return True
+    return name.count("/") > 1 or (bool(file_suffixes) and name.lower().endswith(file_suffixes))
+
+
+def pip_download(requirement: str, dest: Path, *, binary: bool, timeout: float = 1800) -> str | None:
+    """`pip download --no-deps` one wheel (`binary`) or source distribution into `dest`, with this interpreter's
+    pip and its configured index. Returns None on success, else a short reason for the caller's error."""
+    dest.mkdir(parents=True, exist_ok=True)
+    kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, requirement, "-d", str(dest)]
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return f"`{' '.join(cmd)}` took over {timeout:.0f} s"
+    except OSError as exc:
+        return f"could not run {sys.executable} ({exc})"
+    if proc.returncode != 0:
+        tail = " ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
+        return f"pip download exited with code {proc.returncode}: {tail}"
+    return None

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "average_accuracy",
     "backward_transfer",
+    "delta_norm_ratio",
+    "delta_norm_ratios",
     "forgetting",
     "mean_sd",
     "perplexity",
@@ -361,3 +363,38 @@ def perplexity(
         "stride": stride,
         "windows": total,
     }
+
+
+def delta_norm_ratio(delta: torch.Tensor, weight: torch.Tensor) -> float:
+    """‖ΔW‖_F / ‖W‖_F in float32; a zero weight counts as norm 1e-12 instead of dividing by zero."""
+    return float(delta.float().norm() / weight.float().norm().clamp_min(1e-12))
+
+
+@torch.no_grad()
+def delta_norm_ratios(
+    model: torch.nn.Module,
+    adapter_name: str | None = "default",
+    originals: dict[str, torch.Tensor] | None = None,
+) -> list[float]:
+    """‖ΔW‖_F / ‖W‖_F for every adapted layer: tells "nothing changed" apart from "nothing learned".
+
+    Any PEFT tuner layer that states its delta (CURLoRA, LoRA, ...) counts; `adapter_name=None` takes each
+    layer's active adapters. With `originals` (name -> weight before training), every trainable parameter is
+    compared with its original instead (full fine-tuning, which has no adapter to ask)."""
+    if originals is not None:
+        return [
+            delta_norm_ratio(p.float() - originals[n].to(p.device).float(), originals[n])
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        ]
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    ratios = []
+    for module in model.modules():
+        if not (isinstance(module, BaseTunerLayer) and hasattr(module, "get_delta_weight")):
+            continue
+        adapters = getattr(module, module.adapter_layer_names[0])
+        for name in module.active_adapters if adapter_name is None else [adapter_name]:
+            if name in adapters:
+                ratios.append(delta_norm_ratio(module.get_delta_weight(name), module.get_base_layer().weight))
+    return ratios

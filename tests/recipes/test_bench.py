@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 import curlora
-from curlora.classify import backbone_of, encode, new_head, pooled_hidden
 from curlora.data import Example, Suite, Task
 from curlora.errors import CurloraError
 from curlora.recipes.bench import Bench, Reporter, make_config
-from curlora.report import validate_results, write_report
+from curlora.recipes.bench.classify import backbone_of, encode, new_head, pooled_hidden
+from curlora.reports.bench import validate_results, write_report
 from curlora.testing import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 WORDS = "alpha beta gamma delta river stone cloud paper green quiet light storm".split()
@@ -196,7 +196,7 @@ def test_bad_inputs(tmp_path):
 
 
 def test_merge_parts_of_one_study(tmp_path):
-    from curlora.report import merge_results
+    from curlora.reports.results import merge_results
 
     a, _ = run_bench(tmp_path, "a", methods=["head_only"])
     b, _ = run_bench(tmp_path, "b", methods=["curlora-2"])

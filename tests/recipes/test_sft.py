@@ -19,7 +19,8 @@ import torch
 import curlora
 from curlora.data.squad import SquadQuestion, load_squad, parse_squad, sample_questions, split_articles
 from curlora.errors import CurloraError
-from curlora.qa import (
+from curlora.recipes.sft import SFTRecipeConfig, build_trainer, parse_sft_methods, run_sft
+from curlora.recipes.sft.qa import (
     NO_ANSWER,
     PromptBuilder,
     build_examples,
@@ -29,10 +30,9 @@ from curlora.qa import (
     normalize_answer,
     squad_scores,
 )
-from curlora.recipes.sft import SFTRecipeConfig, build_trainer, parse_sft_methods, run_sft
 from curlora.testing import EOS_TOKEN, save_tiny_model, tiny_tokenizer
 
-SQUAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+SQUAD_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "squad"
 SQUAD = SQUAD_DIR / "dev-v2.0-sample.json"
 needs_squad = pytest.mark.skipif(not SQUAD.is_file(), reason=f"SQuAD sample not found at {SQUAD}")
 
@@ -471,7 +471,7 @@ def test_bf16_run_keeps_u_in_float32(tmp_path):
 
 
 def test_generation_stops_at_a_newline_after_answer_text():
-    from curlora.qa import _newline_stopper, _stop_token_ids
+    from curlora.recipes.sft.qa import _newline_stopper, _stop_token_ids
 
     tok = tiny_tokenizer()
     stop = _newline_stopper(_stop_token_ids(tok), prompt_len=1)
@@ -488,8 +488,8 @@ def test_missing_trl_gives_an_install_hint(monkeypatch):
     import sys
 
     from curlora.errors import CurloraError
-    from curlora.recipes import sft
+    from curlora.recipes.sft import trainer
 
     monkeypatch.setitem(sys.modules, "trl", None)  # makes `import trl` raise ImportError
     with pytest.raises(CurloraError, match=r"pip install 'curlora\[sft\]'"):
-        sft._checkpointing_arg()
+        trainer._checkpointing_arg()

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: the process helpers
 from test_distributed import _free_port, _writes_under  # noqa: E402
 from test_sft import MAX_LEN, PPL_TEXT, SQUAD, needs_squad  # noqa: E402
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from curlora.errors import CurloraError
-from curlora.report import (
+from curlora.reports.bench import (
     PLOT_ACC_MATRIX,
     PLOT_ACC_PER_TASK,
     PLOT_PERPLEXITY,

@@ -18,7 +18,7 @@ from curlora import CURLoRAConfig, CURLoRALayer
 from curlora.testing import tiny_gpt2, tiny_llama
 from curlora.tuner.layer import CURLoRALinear
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "perf"
 HAVE_CXX = any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 

@@ -243,7 +243,7 @@ def test_delta_norm_ratios():
     assert len(ratios) == 6 and all(r > 0 for r in ratios)
 
 
-PY_SCRIPT = Path(__file__).resolve().parents[1] / "src" / "curlora" / "tuner" / "enum_ext.py"
+PY_SCRIPT = Path(__file__).resolve().parents[2] / "src" / "curlora" / "tuner" / "enum_ext.py"
 
 
 @pytest.mark.parametrize("version", ["3.10", "3.11", "3.12", "3.13"])
@@ -286,7 +286,7 @@ def test_peft_type_registered_in_this_interpreter():
     assert PeftType("CURLORA") is curlora.CURLORA_PEFT_TYPE
     import importlib
 
-    importlib.reload(importlib.import_module("curlora.tuner.registration"))  # idempotent
+    importlib.reload(importlib.import_module("curlora.tuner"))  # registration is idempotent
     assert curlora.CURLoRAConfig(r=2).peft_type == "CURLORA"
 
 

@@ -1,4 +1,8 @@
-"""The `curlora` command. Each subcommand lives in its own module; this file only assembles them."""
+"""The `curlora` command. Each subcommand lives in its own module; this file only assembles them.
+
+Imports of the recipes and of torch-heavy modules are deferred into the command functions: `curlora --help`
+and a mistyped option answer at once instead of after seconds of importing torch and transformers.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,10 @@ import logging
 import sys
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperGroup
 
+from curlora.cli._ui import print_error
 from curlora.errors import CurloraError
-
-console = Console(stderr=True)
-
-
-def _print_error(err: CurloraError) -> None:
-    # soft_wrap: one line however long (no wrapping at the terminal width); escape: messages may hold [brackets]
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
 
 
 class _Group(TyperGroup):
@@ -32,7 +28,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except CurloraError as err:
-            _print_error(err)
+            print_error(err)
             raise typer.Exit(2) from None
 
 
@@ -54,23 +50,22 @@ def run() -> None:
     try:
         app()
     except CurloraError as err:  # raised outside a command (e.g. while parsing); commands are handled by _Group
-        _print_error(err)
+        print_error(err)
         sys.exit(2)
 
 
-from curlora.cli.bench import bench, merge, report, study_report  # noqa: E402
+from curlora.cli.bench import bench  # noqa: E402
+from curlora.cli.data import data_app  # noqa: E402
+from curlora.cli.info import info  # noqa: E402
+from curlora.cli.merge import merge  # noqa: E402
+from curlora.cli.report import report  # noqa: E402
+from curlora.cli.sft import sft  # noqa: E402
+from curlora.cli.study import study_report  # noqa: E402
 
 app.command()(bench)
 app.command()(report)
 app.command()(merge)
 app.command(name="study-report")(study_report)
-
-from curlora.cli.data import data_app  # noqa: E402
-from curlora.cli.info import info  # noqa: E402
-
 app.command()(info)
 app.add_typer(data_app, name="data")
-
-from curlora.cli.sft import sft  # noqa: E402
-
 app.command()(sft)

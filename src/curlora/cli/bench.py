@@ -1,94 +1,24 @@
-"""`curlora bench` and `curlora report`: the continual-learning protocol, with rich progress and a final table."""
+"""`curlora bench`: the continual-learning protocol, with progress and a final table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curlora.errors import CurloraError
-
-console = Console()
-
-
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+from curlora.cli._ui import RichReporter, console, csv, ints, quiet_libraries
 
 
 def _method_list(value: str | None) -> list[str] | None:
     """Split --methods on commas, keeping `curlora-16:lr=1e-3,sampling=uniform` (options after ':') together."""
     methods: list[str] = []
-    for part in _csv(value) or []:
+    for part in csv(value):
         if methods and ":" in methods[-1] and "=" in part and ":" not in part and "-" not in part.split("=")[0]:
             methods[-1] += "," + part
         else:
             methods.append(part)
     return methods or None
-
-
-def _ints(value: str | None, what: str) -> list[int] | None:
-    try:
-        return [int(v) for v in _csv(value)] if value else None
-    except ValueError:
-        raise CurloraError(f"{what} must be comma-separated integers, got {value!r}") from None
-
-
-class RichReporter:
-    """Progress bars with ETA for every training/eval loop and a one-screen summary after each stage."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold blue]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self.task_id = None
-
-    def bar(self, description: str, total: int) -> None:
-        self.progress.start()
-        self.task_id = self.progress.add_task(description, total=total)
-
-    def advance(self, n: int = 1) -> None:
-        if self.task_id is not None:
-            self.progress.advance(self.task_id, n)
-
-    def end_bar(self) -> None:
-        if self.task_id is not None:
-            self.progress.remove_task(self.task_id)
-            self.task_id = None
-
-    def stage(self, s: dict) -> None:
-        accs = "  ".join(f"{t}={a:.3f}" for t, a in zip(s["tasks"], s["acc"], strict=True))
-        console.print(
-            f"[green]✓[/] {s['label']} seed {s['seed']} after [bold]{s['task']}[/]: {accs}  "
-            f"(loss {s['train_loss']:.3f}, {s['steps']} steps, peak lr {s['peak_lr']:.2e}, "
-            f"train {s['train_s']:.0f}s, eval {s['eval_s']:.0f}s)"
-        )
-
-    def note(self, message: str) -> None:
-        console.print(f"[dim]{message}[/]")
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-def quiet_libraries() -> None:
-    """Our own progress bars say what runs; transformers' loading bars and deprecation notices add only noise."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 SUMMARY_COLUMNS = ("Method", "Seeds", "Avg acc", "BWT", "Forgetting", "PPL before", "PPL after", "Trainable params",
@@ -98,7 +28,7 @@ SUMMARY_COLUMNS = ("Method", "Seeds", "Avg acc", "BWT", "Forgetting", "PPL befor
 def print_summary(results: dict) -> None:
     """The Table-1-style accuracy table (stages × methods) and the key metrics, narrow enough for a terminal."""
     from curlora.metrics import mean_sd
-    from curlora.report import summary_rows
+    from curlora.reports.bench import summary_rows
 
     rows = summary_rows(results)
     if not rows:
@@ -163,7 +93,7 @@ def bench(
     """Train one model through a task sequence with each method and measure how much it forgets."""
     from curlora.distributed import is_main_process
     from curlora.recipes.bench import Bench, make_config
-    from curlora.report import write_report
+    from curlora.reports.bench import write_report
 
     quiet_libraries()
 
@@ -172,7 +102,7 @@ def bench(
         suite=suite,
         data_dir=str(data_dir) if data_dir else None,
         methods=_method_list(methods),
-        seeds=_ints(seeds, "--seeds"),
+        seeds=ints(seeds, "--seeds"),
         n_train=n_train,
         n_eval=n_eval,
         epochs=epochs,
@@ -211,40 +141,3 @@ def bench(
     report = write_report(out)
     print_summary(results)
     console.print(f"report: {report}")
-
-
-def report(run_dir: Path = typer.Argument(..., help="A run folder holding results.json.")) -> None:
-    """Regenerate report.md and the plots from a run folder's results.json."""
-    from curlora.report import write_report
-
-    path = write_report(run_dir)
-    import json
-
-    print_summary(json.loads((run_dir / "results.json").read_text()))
-    console.print(f"report: {path}")
-
-
-def merge(
-    run_dirs: list[Path] = typer.Argument(..., help="Run folders of one study (e.g. one per GPU)."),
-    out: Path = typer.Option(..., help="Folder for the merged results.json, report.md and plots."),
-) -> None:
-    """Merge the results of several bench runs of one study and write one report."""
-    from curlora.io import atomic_write_json
-    from curlora.report import RESULTS_FILE, load_results, merge_results, write_report
-
-    merged = merge_results([load_results(d) for d in run_dirs])
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RESULTS_FILE, merged)
-    path = write_report(out)
-    print_summary(merged)
-    console.print(f"merged {len(merged['runs'])} runs → {path}")
-
-
-def study_report(
-    study_dir: Path = typer.Argument(..., help="Folder with results.json, groups.json and findings.md."),
-    out: Path = typer.Option(Path("docs/REPORT.md"), help="The Markdown file to write."),
-) -> None:
-    """Write one study report (several method groups, their tables and plots) from a merged results.json."""
-    from curlora.recipes.study import write_study_report
-
-    console.print(f"report: {write_study_report(study_dir, out)}")

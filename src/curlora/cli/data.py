@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from curlora.cli._ui import console
 
 data_app = typer.Typer(no_args_is_help=True, help="Fetch and inspect the task suites.")
 
@@ -21,9 +22,8 @@ def _counts(train: dict[str, int], evals: dict[str, int]) -> str:
 def prepare(force: bool = typer.Option(False, help="Extract again (and download again if the file is bad).")) -> None:
     """Fetch the built-in VADER data (vaderSentiment sdist from PyPI, SHA-256 checked) into the cache."""
     from curlora.data import load_builtin_suite, prepare_builtin
-    from curlora.inspect import suite_summary
+    from curlora.data.summary import suite_summary
 
-    console = Console()
     folder = prepare_builtin(force=force)
     summary = suite_summary(load_builtin_suite(source_dir=folder))  # reads and splits every file: a full check
     table = Table(title=f"Built-in data in {escape(str(folder))}", title_justify="left")
@@ -47,13 +47,12 @@ def show(
 ) -> None:
     """The tasks of a suite in training order: kind, labels, split sizes, label counts, notes; the perplexity text."""
     from curlora.data import load_suite
-    from curlora.inspect import suite_summary
+    from curlora.data.summary import suite_summary
 
     summary = suite_summary(load_suite(suite, data_dir))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    console = Console()
     table = Table(title=f"Suite {escape(summary['suite'])} (tasks in training order)", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("task", style="bold", no_wrap=True)

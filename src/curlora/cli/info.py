@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from curlora.cli._ui import console
 
 
 def _count(n: int | None) -> str:
@@ -93,13 +94,12 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ) -> None:
     """Architecture, adapted layers, and CURLoRA vs LoRA trainable parameters and file sizes per rank."""
-    from curlora.inspect import model_info
+    from curlora.models.info import model_info
 
     result = model_info(model, config_file=config, targets=targets, ranks=ranks)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    console = Console()
     console.print(f"[bold]curlora info[/] {escape(result['source'])}")
     console.print(_architecture_table(result["architecture"]))
     console.print(_targets_table(result["targets"]))

@@ -9,19 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from curlora.cli.bench import RichReporter, console
-
-
-class _Reporter(RichReporter):
-    """Rich bars for evaluation; stopped between bars so that the trainer's own tqdm bars print cleanly."""
-
-    def end_bar(self) -> None:
-        super().end_bar()
-        self.progress.stop()
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+from curlora.cli._ui import RichReporter, console, csv
 
 
 def _print_table(results: dict) -> None:
@@ -100,7 +88,7 @@ def sft(
         data=data,
         model=model,
         data_split=data_split,
-        methods=_csv(method),
+        methods=csv(method),
         rank=rank,
         alpha=alpha,
         sampling=sampling,
@@ -131,7 +119,7 @@ def sft(
         logging.getLogger().setLevel(logging.WARNING)  # the other ranks' info lines repeat rank 0's
     if main:
         console.print(f"[bold]curlora sft[/] model={config.model} data={config.data} methods={method} → {out}")
-    reporter = _Reporter() if main else None
+    reporter = RichReporter(stop_between_bars=True) if main else None
     try:
         runner = SFTRun(config, out, reporter=reporter, progress_bars=main, resume=resume, overwrite=overwrite)
         results = runner.run()

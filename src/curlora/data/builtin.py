@@ -33,14 +33,12 @@ import html
 import io
 import logging
 import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 from curlora.data.tasks import Example, Suite, Task, dedup, split_balanced, stable_order, text_key
 from curlora.errors import CurloraError
-from curlora.io import atomic_dir, cache_dir, sha256_file
+from curlora.files import atomic_dir, cache_dir, pip_download, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -117,39 +115,14 @@ def _find_sdist(folder: Path) -> Path | None:
 
 
 def _pip_download(downloads: Path) -> Path:
-    downloads.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        VADER_REQUIREMENT,
-        "-d",
-        str(downloads),
-    ]
     logger.info("downloading the %s source distribution (for its sentiment corpora)", VADER_REQUIREMENT)
     fix = (
         f"check that the PyPI registry is reachable, or download {SDIST_NAME} yourself into {downloads}, or "
         f"put the four *_GroundTruth.txt files into {builtin_dir()}"
     )
-    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        raise CurloraError(
-            f"pip download failed: `{' '.join(cmd)}` took over {_PIP_TIMEOUT_S} s; {fix}"
-        ) from None
-    except OSError as e:
-        raise CurloraError(f"pip download failed: could not run {sys.executable} ({e}); {fix}") from None
-    logger.debug("pip output:\n%s\n%s", proc.stdout, proc.stderr)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise CurloraError(
-            f"pip download failed (exit {proc.returncode}) for {VADER_REQUIREMENT}:\n{tail}\n{fix}"
-        )
+    reason = pip_download(VADER_REQUIREMENT, downloads, binary=False, timeout=_PIP_TIMEOUT_S)
+    if reason is not None:
+        raise CurloraError(f"pip download failed for {VADER_REQUIREMENT}: {reason}; {fix}")
     sdist = _find_sdist(downloads)
     if sdist is None:
         raise CurloraError(

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from curlora.data.builtin import (
     NEAR_ZERO,
+    SENTIMENT_LABELS,
     TWEETS_FILE,
     prepare_builtin,
     read_ground_truth,
@@ -52,7 +53,6 @@ S140_TRAIN = "training.1600000.processed.noemoticon.csv"
 S140_DIRS = ("sentiment140", "Sentiment140", "sentiment-140", "")
 WIKITEXT_DIRS = ("wikitext-2", "wikitext-2-raw", "wikitext-2-v1", "wikitext-2-raw-v1", "")
 WIKITEXT_FILES = ("test.txt", "wiki.test.tokens", "wiki.test.raw")
-SENTIMENT_LABELS = ("negative", "positive")
 MRPC_LABELS = ("not paraphrase", "paraphrase")
 
 _DATA_DIR_FIX = (

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from curlora.errors import CurloraError
+from curlora.files import looks_like_path
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -227,15 +228,6 @@ def _load_hub(name: str, split: str) -> list[SquadArticle]:
     return _from_rows(ds, f"{name}[{split}]")
 
 
-def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith((".", "/", "~", "\\"))
-        or name.lower().endswith((".json", ".jsonl"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
-
-
 def load_squad(source: str | os.PathLike, *, split: str = "validation") -> list[SquadArticle]:
     """Articles from an official SQuAD JSON file, or from a hub dataset id (``split`` picks its split).
 
@@ -248,7 +240,7 @@ def load_squad(source: str | os.PathLike, *, split: str = "validation") -> list[
         raise CurloraError(f"{path} is a folder; pass the SQuAD JSON file itself (e.g. {path}/dev-v2.0.json)")
     if path.is_file():
         articles = _load_json(path)
-    elif _looks_like_path(name):
+    elif looks_like_path(name, file_suffixes=(".json", ".jsonl")):
         raise CurloraError(f"SQuAD file {path} does not exist; check the path")
     else:
         articles = _load_hub(name, split)

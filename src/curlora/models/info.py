@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,7 +27,6 @@ from curlora.errors import CurloraError
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-    from curlora.data.tasks import Suite
 
 DEFAULT_RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 24)
 METHODS = ("curlora", "lora")
@@ -409,7 +407,7 @@ def model_info(
     """
     from transformers import PretrainedConfig
 
-    from curlora.models import build_on_meta, load_config
+    from curlora.models.load import build_on_meta, load_config
 
     if (model is None) == (config_file is None):
         raise CurloraError("give either a model (name, folder or hub id) or a config.json file, not both or none")
@@ -442,38 +440,4 @@ def model_info(
             "groups": group_layers(layers),
         },
         "ranks": rank_table(layers, ranks_list, arch["total_params"]),
-    }
-
-
-# -- data suites ----------------------------------------------------------------------------------------------------
-
-
-def suite_summary(suite: Suite) -> dict[str, Any]:
-    """Tasks in training order with kind, labels, split sizes, label counts and notes; the perplexity text."""
-    tasks = []
-    for task in suite.tasks:
-        tasks.append(
-            {
-                "name": task.name,
-                "kind": task.kind,
-                "labels": list(task.label_names),
-                "train": len(task.train),
-                "eval": len(task.eval),
-                "train_label_counts": task.label_counts("train"),
-                "eval_label_counts": task.label_counts("eval"),
-                "notes": list(task.notes),
-            }
-        )
-    text = suite.ppl_text
-    return {
-        "suite": suite.name,
-        "tasks": tasks,
-        "perplexity": {
-            "name": suite.ppl_name,
-            "chars": len(text),
-            "bytes": len(text.encode("utf-8")),
-            "lines": len(text.splitlines()),
-            "words": len(re.findall(r"\S+", text)),
-        },
-        "notes": list(suite.notes),
     }

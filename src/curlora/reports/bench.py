@@ -1,59 +1,11 @@
 """Markdown report and plots for a continual-learning bench run directory.
 
-The bench writes ``results.json`` into its run directory; :func:`write_report` reads it and writes
-``report.md``, ``acc_matrix.png``, ``acc_per_task.png`` and ``perplexity.png`` next to it (atomically).
-:func:`render_markdown` builds the Markdown from a results dict and :func:`summary_rows` gives one row per
-method label (aggregated over seeds) for a CLI table. Nothing here prints; plots use matplotlib's Agg
-canvas directly (no pyplot, no window).
-
-results.json, schema version 1 (full description: docs/results-schema.md)
---------------------------------------------------------------------------
-Top level (a JSON object):
-
-``schema_version`` (int, required)
-    Must be ``1``.
-``created`` (str)
-    ISO-8601 time the results were written.
-``config`` (object)
-    Free-form bench config. The report shows its scalar entries and reads ``model``, ``preset`` and
-    ``dtype`` for the header.
-``environment`` (object)
-    ``device_name``, ``torch``, ``transformers``, ``peft``, ``curlora``, ``python`` (strings).
-``suite`` (object)
-    ``name`` (str), ``tasks`` (list of task names in training order; defines the number of tasks),
-    ``ppl_name`` (name of the perplexity text), ``notes`` (list of str); optional ``ppl_tokens``,
-    ``ppl_max_length``, ``ppl_stride`` (ints, as returned by :func:`curlora.metrics.perplexity`).
-``runs`` (list, required)
-    One object per (method configuration, seed):
-
-    ``label`` (str, required)
-        Method label; runs with the same label are seeds of one configuration.
-    ``acc`` (list of lists, required; ``[]`` before the first evaluation)
-        ``acc[i][j]`` = accuracy on task ``j`` after training task ``i``; one row per finished stage,
-        ``null`` above the diagonal (rows may also stop at the diagonal). A run with fewer rows than
-        ``suite.tasks``, or with ``"complete": false``, is *incomplete* (e.g. interrupted) and is reported
-        as such.
-    ``complete`` (bool or null)
-        Optional; ``false`` marks a run as unfinished even when every stage has a row.
-    ``method`` (``curlora`` | ``lora`` | ``head_only`` | ``full``), ``rank`` (int or null),
-    ``sampling`` (str or null), ``lr`` (float), ``seed`` (int)
-        Describe the run.
-    ``ppl_before``, ``ppl_after`` (float or null)
-        Perplexity on general text before the first task and after the last one.
-    ``delta_norm_ratio`` (``{"mean": float, "max": float}`` or null)
-        ``||dW||_F / ||W||_F`` over adapted layers.
-    ``trainable_params`` (int), ``head_params`` (int), ``adapter_bytes`` (int or null),
-    ``wall_s`` (float), ``peak_lr`` (float)
-        Adapter parameter count (classification heads excluded), head parameter count, saved adapter
-        file size, run wall time in seconds, largest learning rate the scheduler reached.
-    ``stages`` (list of objects)
-        Per stage: ``task``, ``train_loss``, ``train_s``, ``eval_s``, ``steps``. Only ``task`` is read
-        (for task names when ``suite.tasks`` is absent).
-
-Every field not marked required may be missing or ``null``; the report shows "—" for it. Aggregates are
-mean ± sample sd (ddof=1) over the seeds of a label; with one value only the mean is shown. End-of-run
-quantities (final average accuracy, BWT, forgetting, perplexity after, ||dW||/||W||, adapter size, wall
-time) use complete runs only.
+The bench writes ``results.json`` into its run directory (the contract: :mod:`curlora.reports.results`);
+:func:`write_report` reads it and writes ``report.md``, ``acc_matrix.png``, ``acc_per_task.png`` and
+``perplexity.png`` next to it (atomically). :func:`render_markdown` builds the Markdown from a results dict,
+:func:`render_sections` the same as (title, body) pairs for reports built from parts of it, and
+:func:`summary_rows` gives one row per method label (aggregated over seeds) for a CLI table. Nothing here
+prints; plots use matplotlib's Agg canvas directly (no pyplot, no window).
 """
 
 from __future__ import annotations
@@ -64,13 +16,23 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curlora.errors import CurloraError
-from curlora.io import atomic_write_bytes, atomic_write_text
+from curlora.files import atomic_write_bytes, atomic_write_text
 from curlora.metrics import average_accuracy, backward_transfer, forgetting, mean_sd
+from curlora.reports.results import (
+    RESULTS_FILE,
+    SCHEMA_VERSION,
+    Prepared,
+    RunGroup,
+    RunView,
+    is_number,
+    load_results,
+    prepare,
+    results_path,
+    validate_results,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +51,6 @@ __all__ = [
     "write_report",
 ]
 
-SCHEMA_VERSION = 1
-RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 PLOT_ACC_MATRIX = "acc_matrix.png"
 PLOT_ACC_PER_TASK = "acc_per_task.png"
@@ -99,222 +59,6 @@ PLOT_PERPLEXITY = "perplexity.png"
 DASH = "—"
 PM = "±"
 INCOMPLETE_MARK = "*"
-
-# --------------------------------------------------------------------------------------------------------
-# Loading and validation
-# --------------------------------------------------------------------------------------------------------
-
-
-def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine the results of several bench runs of one study (e.g. one process per GPU) into one.
-
-    The parts must share the suite and every setting except the methods and seeds; their runs are concatenated
-    (a (label, seed) pair may appear once), in the order given."""
-    if not parts:
-        raise CurloraError("nothing to merge: give at least one run directory")
-    first = parts[0]
-    ignored = {"methods", "seeds", "device"}
-    base_cfg = {k: v for k, v in first.get("config", {}).items() if k not in ignored}
-    runs: list[dict[str, Any]] = []
-    seen: set[tuple[str, Any]] = set()
-    for k, part in enumerate(parts):
-        cfg = {key: v for key, v in part.get("config", {}).items() if key not in ignored}
-        diff = sorted(key for key in set(cfg) | set(base_cfg) if cfg.get(key) != base_cfg.get(key))
-        if diff:
-            raise CurloraError(
-                f"part {k} was run with other settings ({', '.join(diff)}); merge runs of one study only"
-            )
-        if part.get("suite", {}).get("tasks") != first.get("suite", {}).get("tasks"):
-            raise CurloraError(f"part {k} has other tasks; merge runs of one suite only")
-        for run in part["runs"]:
-            key = (run["label"], run.get("seed"))
-            if key in seen:
-                raise CurloraError(f"{run['label']} seed {run.get('seed')} appears in two parts; merge each run once")
-            seen.add(key)
-            runs.append(run)
-    labels = list(dict.fromkeys(r["label"] for r in runs))
-    seeds = sorted({r.get("seed") for r in runs if r.get("seed") is not None})
-    config = {**first.get("config", {}), "methods": labels, "seeds": seeds}
-    return {**first, "config": config, "runs": runs}
-
-
-def _results_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    return p if p.suffix == ".json" and not p.is_dir() else p / RESULTS_FILE
-
-
-def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate ``results.json`` from a run directory (or the file's own path)."""
-    file = _results_path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise CurloraError(
-            f"{file} not found: point at a bench run directory that contains {RESULTS_FILE} "
-            "(the bench writes it after its first run)."
-        ) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise CurloraError(f"cannot read {file}: {err}; check the path and its permissions.") from err
-    try:
-        results = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CurloraError(
-            f"{file} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): "
-            "the file is damaged or was cut short; re-run the bench to regenerate it."
-        ) from err
-    validate_results(results, source=str(file))
-    return results
-
-
-def _fail(source: str, problem: str) -> CurloraError:
-    return CurloraError(f"{source}: {problem}; fix the file or re-run the bench to regenerate it.")
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-@dataclass
-class _Run:
-    index: int
-    raw: dict[str, Any]
-    label: str
-    seed: Any
-    acc: list[list[float | None]]  # padded to n_tasks columns, one row per finished stage
-    complete: bool
-
-    def num(self, key: str, sub: str | None = None) -> float | None:
-        v = self.raw.get(key)
-        if sub is not None:
-            v = v.get(sub) if isinstance(v, dict) else None
-        return float(v) if _is_number(v) and math.isfinite(v) else None
-
-    def cell(self, i: int, j: int) -> float | None:
-        return self.acc[i][j] if i < len(self.acc) else None
-
-
-@dataclass
-class _Group:
-    label: str
-    runs: list[_Run] = field(default_factory=list)
-
-    @property
-    def complete_runs(self) -> list[_Run]:
-        return [r for r in self.runs if r.complete]
-
-
-@dataclass
-class _Prepared:
-    results: dict[str, Any]
-    tasks: list[str]
-    runs: list[_Run]
-    groups: list[_Group]
-
-
-_NUMERIC_RUN_FIELDS = (
-    "lr",
-    "ppl_before",
-    "ppl_after",
-    "trainable_params",
-    "head_params",
-    "adapter_bytes",
-    "wall_s",
-    "peak_lr",
-)
-
-
-def _prepare(results: Any, source: str = "results") -> _Prepared:
-    if not isinstance(results, dict):
-        raise _fail(source, f"the top level must be a JSON object, got {type(results).__name__}")
-    version = results.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise CurloraError(
-            f"{source}: schema_version is {version!r} but this curlora reads version {SCHEMA_VERSION}; "
-            "regenerate the results with this curlora version (re-run the bench) or use the curlora "
-            "version that wrote them."
-        )
-    for key in ("config", "environment", "suite"):
-        if results.get(key) is not None and not isinstance(results[key], dict):
-            raise _fail(source, f"'{key}' must be an object")
-    runs_raw = results.get("runs")
-    if not isinstance(runs_raw, list):
-        raise _fail(source, "'runs' must be a list of run objects")
-    suite = results.get("suite") or {}
-    tasks = suite.get("tasks")
-    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
-        raise _fail(source, "'suite.tasks' must be a list of task names")
-
-    parsed: list[tuple[int, dict[str, Any], list[list[Any]]]] = []
-    for k, run in enumerate(runs_raw):
-        where = f"runs[{k}]"
-        if not isinstance(run, dict):
-            raise _fail(source, f"{where} must be an object")
-        label = run.get("label")
-        if not isinstance(label, str) or not label:
-            raise _fail(source, f"{where} has no 'label' (a non-empty string naming the method)")
-        where = f"runs[{k}] (label {label!r}, seed {run.get('seed')!r})"
-        acc = run.get("acc", [])
-        if acc is None:
-            acc = []
-        if not isinstance(acc, list) or not all(isinstance(row, list) for row in acc):
-            raise _fail(source, f"{where}: 'acc' must be a list of rows (lists)")
-        for i, row in enumerate(acc):
-            if len(row) < i + 1:
-                raise _fail(source, f"{where}: acc row {i} has {len(row)} entries, needs at least {i + 1}")
-            for j, x in enumerate(row):
-                if j <= i and not (_is_number(x) and math.isfinite(x)):
-                    raise _fail(source, f"{where}: acc[{i}][{j}] is {x!r}, expected a finite number")
-                if j > i and x is not None and not (_is_number(x) and math.isnan(x)):
-                    raise _fail(source, f"{where}: acc[{i}][{j}] is {x!r} above the diagonal, expected null")
-        for key in _NUMERIC_RUN_FIELDS:
-            v = run.get(key)
-            if v is not None and not _is_number(v):
-                raise _fail(source, f"{where}: '{key}' is {v!r}, expected a number or null")
-        dnr = run.get("delta_norm_ratio")
-        if dnr is not None and not (
-            isinstance(dnr, dict) and all(v is None or _is_number(v) for v in dnr.values())
-        ):
-            raise _fail(source, f'{where}: \'delta_norm_ratio\' must be {{"mean": x, "max": y}} or null')
-        if run.get("complete") is not None and not isinstance(run.get("complete"), bool):
-            raise _fail(source, f"{where}: 'complete' must be true, false or null")
-        stages = run.get("stages")
-        if stages is not None and not (isinstance(stages, list) and all(isinstance(s, dict) for s in stages)):
-            raise _fail(source, f"{where}: 'stages' must be a list of objects")
-        parsed.append((k, run, acc))
-
-    if tasks is None:
-        n = max([max([len(acc)] + [len(r) for r in acc]) for _, _, acc in parsed], default=0)
-        longest = max((run.get("stages") or [] for _, run, _ in parsed), key=len, default=[])
-        tasks = [
-            str(longest[i].get("task")) if i < len(longest) and longest[i].get("task") else f"task {i}"
-            for i in range(n)
-        ]
-    n_tasks = len(tasks)
-
-    runs: list[_Run] = []
-    groups: dict[str, _Group] = {}
-    for k, run, acc in parsed:
-        if len(acc) > n_tasks or any(len(row) > n_tasks for row in acc):
-            raise _fail(
-                source,
-                f"runs[{k}] (label {run['label']!r}): 'acc' is larger than the {n_tasks} tasks "
-                "in suite.tasks",
-            )
-        padded = [
-            [float(x) if j <= i else None for j, x in enumerate(row)] + [None] * (n_tasks - len(row))
-            for i, row in enumerate(acc)
-        ]
-        complete = n_tasks > 0 and len(acc) == n_tasks and run.get("complete", True) is not False
-        r = _Run(k, run, run["label"], run.get("seed"), padded, complete=complete)
-        runs.append(r)
-        groups.setdefault(r.label, _Group(r.label)).runs.append(r)
-    return _Prepared(results, list(tasks), runs, list(groups.values()))
-
-
-def validate_results(results: Any, source: str = "results") -> None:
-    """Raise :class:`CurloraError` (naming ``source``) unless ``results`` follows schema version 1."""
-    _prepare(results, source)
-
 
 # --------------------------------------------------------------------------------------------------------
 # Formatting
@@ -422,12 +166,12 @@ _SUMMARY_COLUMNS: list[tuple[str, str, Callable[[float, float], tuple[str, str]]
 ]
 
 
-def _ratio(run: _Run) -> float | None:
+def _ratio(run: RunView) -> float | None:
     before, after = run.num("ppl_before"), run.num("ppl_after")
     return after / before if before and after is not None else None
 
 
-def _group_stats(group: _Group) -> dict[str, dict[str, Any]]:
+def _group_stats(group: RunGroup) -> dict[str, dict[str, Any]]:
     done = group.complete_runs
     every = group.runs
     return {
@@ -447,16 +191,16 @@ def _group_stats(group: _Group) -> dict[str, dict[str, Any]]:
     }
 
 
-def _seeds_text(group: _Group) -> str:
+def _seeds_text(group: RunGroup) -> str:
     n, done = len(group.runs), len(group.complete_runs)
     return str(n) if done == n else f"{n} ({n - done} incomplete)"
 
 
-def _display_label(group: _Group) -> str:
+def _display_label(group: RunGroup) -> str:
     return group.label + (" (incomplete)" if len(group.complete_runs) < len(group.runs) else "")
 
 
-def _summary(prep: _Prepared) -> list[dict[str, Any]]:
+def _summary(prep: Prepared) -> list[dict[str, Any]]:
     rows = []
     for g in prep.groups:
         first = g.runs[0].raw
@@ -493,7 +237,7 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     values), and ``text``: an ordered ``{column title: formatted cell}`` dict, the same cells as the report's
     metrics table, ready for a rich table (``table.add_column(k) for k in rows[0]["text"]``).
     """
-    return _summary(_prepare(results))
+    return _summary(prepare(results))
 
 
 def _cell_stat(values: list[float | None], expected: int, fmt) -> str:
@@ -509,7 +253,7 @@ def _cell_stat(values: list[float | None], expected: int, fmt) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _plots_for(prep: _Prepared) -> list[tuple[str, str]]:
+def _plots_for(prep: Prepared) -> list[tuple[str, str]]:
     plots = []
     if any(r.acc for r in prep.runs):
         plots.append((PLOT_ACC_MATRIX, "Accuracy matrices (mean over seeds)"))
@@ -525,17 +269,25 @@ def _scalar_text(v: Any) -> str:
     return json.dumps(v, ensure_ascii=False, separators=(", ", ": "))
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    """The full report as Markdown. Deterministic: the same results give the same text."""
-    prep = _prepare(results)
+def render_sections(
+    results: dict[str, Any], *, title: str = "Continual-learning benchmark report", omit: tuple[str, ...] = ()
+) -> list[tuple[str | None, str]]:
+    """The report as (section title, Markdown body) pairs; the first has title None: the header (title line,
+    run facts, notes). `omit` leaves header facts out by name (e.g. "Runs" for a report of a subset)."""
+    prep = prepare(results)
     cfg = results.get("config") or {}
     env = results.get("environment") or {}
     suite = results.get("suite") or {}
     tasks = prep.tasks
-    lines: list[str] = ["# Continual-learning benchmark report", ""]
+    lines: list[str] = [f"# {title}", ""]
+    sections: list[tuple[str | None, int]] = [(None, 0)]  # (title, index in lines where its body starts)
+
+    def section(name: str) -> None:
+        lines.append("")
+        sections.append((name, len(lines)))
 
     def item(name: str, value: Any) -> None:
-        if value not in (None, "", []):
+        if value not in (None, "", []) and name not in omit:
             lines.append(f"- **{name}:** {value}")
 
     item("Model", cfg.get("model"))
@@ -551,7 +303,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 ("ppl_max_length", "window"),
                 ("ppl_stride", "stride"),
             )
-            if _is_number(suite.get(key))
+            if is_number(suite.get(key))
         ]
         if details:
             suite_text += f" ({', '.join(details)})"
@@ -595,12 +347,14 @@ def render_markdown(results: dict[str, Any]) -> str:
 
     scalars = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
     if scalars:
-        lines += ["", "## Configuration", ""]
+        section("Configuration")
+        lines.append("")
         lines += _md_table(
             ["Setting", "Value"], [[k, _scalar_text(v)] for k, v in scalars.items()], ["l", "l"]
         )
 
-    lines += ["", "## Accuracy after each stage", ""]
+    section("Accuracy after each stage")
+    lines.append("")
     if not prep.groups:
         lines.append("No runs recorded yet.")
     else:
@@ -631,7 +385,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += _md_table(header, rows)
 
         summary = _summary(prep)
-        lines += ["", "## Metrics per method", ""]
+        section("Metrics per method")
+        lines.append("")
         lines.append(
             f"Mean {PM} sample sd over seeds. Avg acc = mean of the final row; BWT = mean (final − "
             "just-trained) accuracy of earlier tasks; forgetting = mean (best earlier − final) accuracy. "
@@ -644,7 +399,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         if diverged:
             lines += ["", f"Diverged (NaN weights; perplexity after and ‖ΔW‖/‖W‖ left out): {', '.join(diverged)}."]
 
-        lines += ["", "## Accuracy matrices", ""]
+        section("Accuracy matrices")
+        lines.append("")
         lines.append("Mean over seeds; row = after training that task, column = task evaluated.")
         for g in prep.groups:
             n, bad = len(g.runs), len(g.runs) - len(g.complete_runs)
@@ -668,12 +424,26 @@ def render_markdown(results: dict[str, Any]) -> str:
 
     plots = _plots_for(prep)
     if plots:
-        lines += ["", "## Plots", ""]
+        section("Plots")
+        lines.append("")
         for name, title in plots:
             lines.append(f"![{title}]({name})")
             lines.append("")
         lines.pop()
-    return "\n".join(lines) + "\n"
+    bounds = [start for _, start in sections[1:]] + [len(lines)]
+    out = []
+    for (name, start), end in zip(sections, bounds, strict=True):
+        body = lines[start : end - 1] if name is None else lines[start:end]
+        out.append((name, "\n".join(body).strip("\n")))
+    return out
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The full report as Markdown. Deterministic: the same results give the same text."""
+    parts = []
+    for name, body in render_sections(results):
+        parts.append(body if name is None else f"## {name}\n\n{body}")
+    return "\n\n".join(parts) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -681,7 +451,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _mean_matrix(group: _Group, n: int) -> list[list[float | None]]:
+def _mean_matrix(group: RunGroup, n: int) -> list[list[float | None]]:
     out = []
     for i in range(n):
         row = []
@@ -707,7 +477,7 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def _plot_acc_matrix(prep: _Prepared, path: Path) -> None:
+def _plot_acc_matrix(prep: Prepared, path: Path) -> None:
     import numpy as np
 
     n, groups = len(prep.tasks), prep.groups
@@ -748,7 +518,7 @@ def _plot_acc_matrix(prep: _Prepared, path: Path) -> None:
     _save(fig, path)
 
 
-def _plot_acc_per_task(prep: _Prepared, path: Path) -> None:
+def _plot_acc_per_task(prep: Prepared, path: Path) -> None:
     n, groups = len(prep.tasks), prep.groups
     cols = min(n, 4)
     nrows = math.ceil(n / cols)
@@ -786,7 +556,7 @@ def _plot_acc_per_task(prep: _Prepared, path: Path) -> None:
     _save(fig, path)
 
 
-def _plot_perplexity(prep: _Prepared, path: Path) -> None:
+def _plot_perplexity(prep: Prepared, path: Path) -> None:
     groups = prep.groups
     fig = _new_figure(max(4.0, 1.3 * len(groups) + 1.5), 3.6)
     ax = fig.subplots()
@@ -823,7 +593,7 @@ def _plot_perplexity(prep: _Prepared, path: Path) -> None:
 
 def write_plots(results: dict[str, Any], run_dir: str | os.PathLike) -> list[Path]:
     """Write the PNG plots that apply to ``results`` into ``run_dir``; return their paths."""
-    prep = _prepare(results)
+    prep = prepare(results)
     run_dir = Path(run_dir)
     makers = {
         PLOT_ACC_MATRIX: _plot_acc_matrix,
@@ -844,7 +614,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 
     ``run_dir`` may also be the path of the results file itself.
     """
-    file = _results_path(run_dir)
+    file = results_path(run_dir)
     results = load_results(file)
     run_dir = file.parent
     write_plots(results, run_dir)

@@ -12,16 +12,14 @@ import re
 from pathlib import Path
 
 from curlora.errors import CurloraError
-from curlora.io import atomic_write_text
-from curlora.report import load_results, render_markdown, write_plots
+from curlora.files import atomic_write_text
+from curlora.reports.bench import render_sections, write_plots
+from curlora.reports.results import load_results
 
 _KEEP = ("Accuracy after each stage", "Metrics per method", "Accuracy matrices")
-
-
-def _sections(markdown: str) -> tuple[str, dict[str, str]]:
-    """Split a rendered report into its header (before the first '## ') and its '## ' sections."""
-    parts = re.split(r"^## ", markdown, flags=re.M)
-    return parts[0], {p.split("\n", 1)[0].strip(): p.split("\n", 1)[1] for p in parts[1:]}
+TITLE = "Does CURLoRA prevent forgetting? A study on real data"
+# per-group counts and summed run times say nothing about the study as a whole: findings.md does
+_OMIT = ("Runs", "Total wall time", "Created")
 
 
 def subset(results: dict, labels: list[str]) -> dict:
@@ -44,25 +42,22 @@ def write_study_report(study_dir: str | Path, out: str | Path) -> Path:
     lines: list[str] = []
     for k, group in enumerate(groups):
         sub = subset(results, group["labels"])
-        header, sections = _sections(render_markdown(sub))
+        parts = render_sections(sub, title=TITLE, omit=_OMIT)
+        header, sections = parts[0][1], dict(parts[1:])
         if k == 0:
-            # per-group counts and summed run times say nothing about the study as a whole: findings.md does
-            header = re.sub(r"^- \*\*(Runs|Total wall time|Created):\*\*.*\n", "", header, flags=re.M)
-            title = "# Does CURLoRA prevent forgetting? A study on real data"
-            lines += [header.replace("# Continual-learning benchmark report", title).rstrip(), "", findings]
+            lines += [header.rstrip(), "", findings]
             if "Configuration" in sections:
-                lines += ["", "## Configuration", sections["Configuration"].rstrip()]
+                lines += ["", "## Configuration", "", sections["Configuration"].rstrip()]
         plot_dir = study_dir / group["slug"]
         plot_dir.mkdir(exist_ok=True)
         plots = write_plots(sub, plot_dir)
         lines += ["", f"## {group['title']}", ""]
         for name in _KEEP:
             if name in sections:
-                body = sections[name].rstrip()
                 # plot links in the generic report are relative to the run folder
                 rel_dir = plot_dir.relative_to(out.parent)
-                body = re.sub(r"\]\((\w+\.png)\)", rf"]({rel_dir}/\1)", body)
-                lines += [f"### {name}", body, ""]
+                body = re.sub(r"\]\((\w+\.png)\)", rf"]({rel_dir}/\1)", sections[name].rstrip())
+                lines += [f"### {name}", "", body, ""]
         rel = [p.relative_to(out.parent) for p in plots]
         lines += [f"![{p.stem}]({p})" for p in rel] + [""]
     atomic_write_text(out, "\n".join(lines).rstrip() + "\n")

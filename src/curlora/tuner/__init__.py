@@ -1,11 +1,15 @@
-"""CURLoRA as a PEFT tuner: config, layer, model and the registration that makes PEFT know it."""
+"""CURLoRA as a PEFT tuner: config, layer, model; importing this package registers the method with PEFT."""
 
-from curlora.tuner.config import DEFAULT_TARGET_MODULES, CURLoRAConfig, default_target_modules
+from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils.peft_types import register_peft_method
+
+from curlora.tuner.config import CURLORA_PEFT_TYPE, DEFAULT_TARGET_MODULES, CURLoRAConfig, default_target_modules
 from curlora.tuner.layer import CURLoRALayer, CURLoRALinear
-from curlora.tuner.model import CURLoRAModel, delta_norm_ratios
-from curlora.tuner.registration import CURLORA_PEFT_TYPE, register
+from curlora.tuner.model import CURLoRAModel
 
-register()
+# idempotent: importing twice (or reloading) must not register twice
+if CURLORA_PEFT_TYPE not in PEFT_TYPE_TO_TUNER_MAPPING:
+    register_peft_method(name="curlora", config_cls=CURLoRAConfig, model_cls=CURLoRAModel, prefix="curlora_")
 
 __all__ = [
     "CURLORA_PEFT_TYPE",
@@ -15,5 +19,4 @@ __all__ = [
     "CURLoRAModel",
     "DEFAULT_TARGET_MODULES",
     "default_target_modules",
-    "delta_norm_ratios",
 ]

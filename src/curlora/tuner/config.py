@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
+from peft.utils.peft_types import PeftType
 
 from curlora.cur import SAMPLING_STRATEGIES, check_strategy
+from curlora.errors import CurloraError
+from curlora.tuner.enum_ext import extend_str_enum
+
+#: PEFT's PeftType is a closed enum: CURLoRA adds its member once, at import.
+CURLORA_PEFT_TYPE = extend_str_enum(PeftType, "CURLORA")
 
 #: Attention q/k/v projections per model type (the paper adapts q, k and v).
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
@@ -70,11 +76,7 @@ class CURLoRAConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from curlora.tuner.registration import CURLORA_PEFT_TYPE  # noqa: PLC0415 (registration needs this class)
-
         self.peft_type = CURLORA_PEFT_TYPE
-        from curlora.errors import CurloraError
-
         if not isinstance(self.r, int) or self.r <= 0:
             raise CurloraError(f"r must be a positive integer, got {self.r!r}")
         check_strategy(self.sampling)

@@ -21,7 +21,7 @@ columns), so that even a small batch fills the GPU:
 Rounding follows the torch path where it rounds (h and g·C to the activation dtype before the next product)
 and keeps fp32 where the torch path would round twice (the final adds). fp32 activations use IEEE fp32 dots,
 never TF32. `TRITON_INTERPRET=1` runs the kernels on CPU tensors, which is how the tests check them without a
-GPU. benchmarks/kernel_sweep.py times launch configurations against the torch ops and the bandwidth bound.
+GPU. perf/kernel_sweep.py times launch configurations against the torch ops and the bandwidth bound.
 `CURLORA_TRITON=0` in the environment (read at import) turns the kernels off.
 """
 
@@ -69,7 +69,7 @@ def _precision(x: torch.Tensor) -> str:
 
 
 # launch configuration: rows per program, columns per tile, programs per SM to aim for, warps
-# (chosen with benchmarks/kernel_sweep.py on an H100)
+# (chosen with perf/kernel_sweep.py on an H100)
 _FORWARD = {"rows": 16, "tile": 256, "per_sm": 2, "warps": 4}
 _BACKWARD_REDUCE = {"rows": 32, "tile": 128, "per_sm": 2, "warps": 4}
 _BACKWARD_FINISH = {"rows": 32, "warps": 4}

@@ -31,8 +31,6 @@ from curlora import cur
 from curlora.errors import CurloraError
 from curlora.tuner import kernels
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-
 
 def _scaled_u(u: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
     """α·U in the factors' dtype: α is folded into the r × r matrix, never applied to an activation."""
@@ -153,7 +151,7 @@ class CURLoRALayer(BaseTunerLayer):
         self.curlora_reuse_base_output[adapter_name] = bool(config.reuse_base_output)
         self.curlora_cols[adapter_name] = selection.cols
         self.curlora_rows[adapter_name] = selection.rows
-        u_dtype = _DTYPES[config.u_dtype]
+        u_dtype = getattr(torch, config.u_dtype)  # a name from config.U_DTYPES
         self.curlora_U[adapter_name] = nn.Parameter(
             torch.zeros(config.r, config.r, dtype=u_dtype, device=weight.device)
         )

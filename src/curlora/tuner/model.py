@@ -10,7 +10,7 @@ from transformers.pytorch_utils import Conv1D
 from curlora.errors import CurloraError
 from curlora.tuner.config import DEFAULT_TARGET_MODULES, CURLoRAConfig
 from curlora.tuner.group import link_shared_input_groups
-from curlora.tuner.layer import _DTYPES, CURLoRALayer, CURLoRALinear
+from curlora.tuner.layer import CURLoRALayer, CURLoRALinear
 
 
 class CURLoRAModel(BaseTuner):
@@ -50,28 +50,9 @@ class CURLoRAModel(BaseTuner):
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         # U keeps the dtype the config asks for (float32 by default), whatever PEFT's autocast would pick
-        u_dtype = _DTYPES[self.peft_config[adapter_name].u_dtype]
+        u_dtype = getattr(torch, self.peft_config[adapter_name].u_dtype)
         for module in self.model.modules():
             if isinstance(module, CURLoRALayer) and adapter_name in module.curlora_U:
                 param = module.curlora_U[adapter_name]
                 if param.dtype != u_dtype:
                     param.data = param.data.to(u_dtype)
-
-
-@torch.no_grad()
-def delta_norm_ratios(model: nn.Module, adapter_name: str | None = "default") -> list[float]:
-    """‖ΔW‖_F / ‖W‖_F for every adapted layer: tells "nothing changed" apart from "nothing learned".
-
-    Any PEFT tuner layer that states its delta (CURLoRA, LoRA, ...) counts; `adapter_name=None` takes each
-    layer's active adapters."""
-    ratios = []
-    for module in model.modules():
-        if not (isinstance(module, BaseTunerLayer) and hasattr(module, "get_delta_weight")):
-            continue
-        adapters = getattr(module, module.adapter_layer_names[0])
-        for name in module.active_adapters if adapter_name is None else [adapter_name]:
-            if name in adapters:
-                delta = module.get_delta_weight(name).float()
-                weight = module.get_base_layer().weight.float()
-                ratios.append(float(delta.norm() / weight.norm().clamp_min(1e-12)))
-    return ratios

@@ -43,7 +43,7 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     """`PeftModel.from_pretrained` after checking the files; CURLoRA adapters also check the base model."""
     from peft import PeftModel
 
-    import curlora  # noqa: F401  (registers CURLoRA with PEFT)
+    import curlora.tuner  # noqa: F401  (registers CURLoRA with PEFT)
 
     check_adapter_dir(path)
     return PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)

@@ -12,17 +12,12 @@ resumes where it stopped and ends with the numbers an uninterrupted run gives.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
-import os
-import platform
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,112 +26,29 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import curlora
 from curlora import distributed
-from curlora.adapters import ADAPTER_WEIGHTS
-from curlora.classify import Encoded, backbone_of, batches, encode, hidden_size, new_head, pooled_hidden
 from curlora.data import Suite, load_suite, subsample_train
 from curlora.errors import CurloraError
-from curlora.io import atomic_dir, atomic_write_json, safe_name
-from curlora.metrics import perplexity
-from curlora.models import parse_dtype
-from curlora.recipes.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
-from curlora.recipes.presets import PRESETS
+from curlora.files import atomic_dir, atomic_write_json, safe_name
+from curlora.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
+from curlora.metrics import delta_norm_ratio, delta_norm_ratios
+from curlora.models.load import load_model
+from curlora.recipes.bench.classify import Encoded, backbone_of, batches, encode, hidden_size, new_head, pooled_hidden
+from curlora.recipes.bench.config import BenchConfig
+from curlora.recipes.common import (
+    Reporter,
+    claim_run_folder,
+    derive_seed,
+    environment,
+    perplexity_stage,
+    resolve_device,
+    settings_diff,
+)
 from curlora.tuner.config import default_target_modules
-from curlora.tuner.model import delta_norm_ratios
+from curlora.tuner.saved import ADAPTER_WEIGHTS
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class BenchConfig:
-    preset: str = "quick"
-    model: str = "smollm2-135m"
-    suite: str = "builtin"
-    data_dir: str | None = None
-    methods: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    n_train: int | None = None
-    n_eval: int | None = None
-    epochs: int = 1
-    batch_size: int = 8
-    eval_batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int | None = None
-    warmup_ratio: float | None = 0.1
-    weight_decay: float = 0.0
-    max_length: int = 64
-    ppl_max_length: int = 256
-    ppl_stride: int = 256
-    ppl_max_tokens: int | None = None
-    alpha: float = 1.0
-    sampling: str = "inverted"
-    target_modules: list[str] | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-
-    def result_key(self) -> dict:
-        """The fields that change the numbers (a resumed run must match them); device placement excluded."""
-        d = dataclasses.asdict(self)
-        for k in ("device", "eval_batch_size"):
-            d.pop(k)
-        return d
-
-
-def make_config(preset: str = "quick", **overrides) -> BenchConfig:
-    if preset not in PRESETS:
-        raise CurloraError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    values = dict(PRESETS[preset])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - {f.name for f in dataclasses.fields(BenchConfig)}
-    if unknown:
-        raise CurloraError(f"unknown bench option(s): {', '.join(sorted(unknown))}")
-    config = BenchConfig(preset=preset, **values)
-    specs = [parse_method(m) for m in config.methods]
-    if not specs:
-        raise CurloraError("no methods given; e.g. --methods curlora-16,lora-16,head_only")
-    if len({s.label for s in specs}) != len(specs):
-        raise CurloraError("a method is listed twice; list each once")
-    for name, value in (
-        ("epochs", config.epochs),
-        ("batch_size", config.batch_size),
-        ("max_length", config.max_length),
-    ):
-        if value < 1:
-            raise CurloraError(f"{name} must be >= 1, got {value}")
-    for name in ("n_train", "n_eval"):
-        if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise CurloraError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if not config.seeds:
-        raise CurloraError("no seeds given; e.g. --seeds 0,1,2")
-    return config
-
-
-class Reporter:
-    """Receives progress; the library never prints. The CLI subclasses this with rich progress bars."""
-
-    def bar(self, description: str, total: int) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
-    def end_bar(self) -> None: ...
-    def stage(self, summary: dict) -> None: ...
-    def note(self, message: str) -> None:
-        log.info(message)
-
-
-def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CurloraError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if dtype == "auto":
-        return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    return dev, parse_dtype(dtype)
-
-
-def _derive_seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:7], "little")
 
 
 class Bench:
@@ -164,7 +76,7 @@ class Bench:
         self._check_out_dir(overwrite)
         self.suite = suite if suite is not None else load_suite(config.suite, config.data_dir)
         if model is None:
-            model, tokenizer = curlora.load_model(config.model)
+            model, tokenizer = load_model(config.model)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # frozen copy of the base: every method and seed starts from exactly these weights (with FSDP it waits in
@@ -185,30 +97,17 @@ class Bench:
 
     # -- run directory ----------------------------------------------------------------------------------------
     def _check_out_dir(self, overwrite: bool) -> None:
-        cfg_file = self.out / "config.json"
-        if cfg_file.exists() and not overwrite:
-            try:
-                saved = json.loads(cfg_file.read_text())
-            except json.JSONDecodeError:
-                raise CurloraError(f"{cfg_file} is not valid JSON; delete the folder or pass --overwrite") from None
-            mine = json.loads(json.dumps(self.config.result_key()))
-            theirs = {k: v for k, v in saved.items() if k in mine}
-            diff = sorted(k for k in mine if theirs.get(k) != mine[k])
-            if diff:
-                raise CurloraError(
-                    f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
-                    "pass --out NEW_FOLDER, or --overwrite to start over"
-                )
+        diff = None if overwrite else settings_diff(self.out, self.config.result_key())
+        if diff:
+            raise CurloraError(
+                f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
+                "pass --out NEW_FOLDER, or --overwrite to start over"
+            )
 
     def _claim_out_dir(self, overwrite: bool) -> None:
         """Called once every input is validated, so that a bad input leaves no folder behind."""
-        if overwrite and self.out.exists() and self.dist.is_main:
-            import shutil
-
-            shutil.rmtree(self.out)
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out / "config.json", self.config.result_key() | {"device": self.config.device})
+            claim_run_folder(self.out, self.config.result_key() | {"device": self.config.device}, overwrite=overwrite)
         distributed.barrier(self.dist)
 
     def _stage_dir(self, spec: MethodSpec, seed: int, i: int) -> Path:
@@ -259,7 +158,7 @@ class Bench:
         from transformers import get_cosine_schedule_with_warmup
 
         sched = get_cosine_schedule_with_warmup(opt, warmup, total)
-        torch.manual_seed(_derive_seed(seed, i, "dropout"))
+        torch.manual_seed(derive_seed(seed, i, "dropout"))
         backbone = backbone_of(model)
         # several processes: each takes its slice of every global batch; the gradients of what FSDP does not
         # shard (everything without FSDP; the head with it) are averaged by one all-reduce after backward
@@ -269,7 +168,7 @@ class Bench:
         losses, peak_lr, t0 = [], 0.0, time.perf_counter()
         self.reporter.bar(f"train {self.suite.tasks[i].name}", total)
         for epoch in range(cfg.epochs):
-            gen = torch.Generator().manual_seed(_derive_seed(seed, i, epoch, "shuffle"))
+            gen = torch.Generator().manual_seed(derive_seed(seed, i, epoch, "shuffle"))
             for ids, mask, labels, idx in batches(data, cfg.batch_size, self.pad_id, generator=gen):
                 peak_lr = max(peak_lr, sched.get_last_lr()[0])
                 if multi:
@@ -345,21 +244,16 @@ class Bench:
 
     def _perplexity(self, model: nn.Module, what: str) -> dict:
         cfg = self.config
-        ids = self._ppl_ids
-        n_windows = max(1, math.ceil(max(0, ids.shape[1] - cfg.ppl_max_length) / cfg.ppl_stride) + 1)
-        self.reporter.bar(what, n_windows)
         with self.autocast:
-            res = perplexity(
+            return perplexity_stage(
                 model,
-                input_ids=ids,
+                self._ppl_ids,
                 max_length=cfg.ppl_max_length,
                 stride=cfg.ppl_stride,
                 device=self.device,
-                batch_size=8 if self.device.type == "cuda" else 1,
-                progress=lambda n, _total: self.reporter.advance(n),
+                reporter=self.reporter,
+                what=what,
             )
-        self.reporter.end_bar()
-        return res
 
     # -- one (method, seed) -----------------------------------------------------------------------------------
     def _run_one(self, spec: MethodSpec, seed: int, encoded, base_ppl: dict, results: dict) -> dict:
@@ -393,7 +287,7 @@ class Bench:
             target_modules=self.targets,
             alpha=cfg.alpha,
             sampling=cfg.sampling,
-            seed=_derive_seed(seed, "cur") % (2**31),
+            seed=derive_seed(seed, "cur") % (2**31),
         )
         record["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if self.dist.enabled:  # start from rank 0's trainable values (LoRA's A is random); check the rest agrees
@@ -404,7 +298,7 @@ class Bench:
         prior_wall = 0.0
         for i, task in enumerate(self.suite.tasks):
             stage_dir = self._stage_dir(spec, seed, i)
-            head = new_head(self.hidden, len(task.label_names), _derive_seed(seed, i, "head") % (2**31))
+            head = new_head(self.hidden, len(task.label_names), derive_seed(seed, i, "head") % (2**31))
             head.to(self.device)
             if (stage_dir / "stage.json").exists():  # finished earlier: restore its state, skip the work
                 self._load_stage(model, spec, heads + [head], stage_dir)
@@ -452,7 +346,7 @@ class Bench:
         if model in self._fsdp_groups:
             ratios = _sharded_delta_norm_ratios(model, originals, self._fsdp_groups.pop(model))
         else:
-            ratios = _delta_norm_ratios(model, originals)
+            ratios = delta_norm_ratios(model, adapter_name=None, originals=originals)
         last_dir = self._stage_dir(spec, seed, len(self.suite.tasks) - 1)
         # NaN weights (a diverged run) give NaN metrics, which JSON cannot hold: record null and say so
         diverged = not math.isfinite(ppl_after["ppl"]) or not all(math.isfinite(x) for x in ratios)
@@ -607,7 +501,7 @@ class Bench:
 def _sharded_delta_norm_ratios(
     model: nn.Module, originals: dict[str, torch.Tensor] | None, groups: list[nn.Module]
 ) -> list[float]:
-    """`_delta_norm_ratios` of an FSDP-sharded model: each sharded module's own parameters made whole in turn
+    """`metrics.delta_norm_ratios` of an FSDP-sharded model: each sharded module's own parameters made whole in turn
     (layers first, then the root), so that at most one layer is gathered at a time. A collective."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -622,7 +516,7 @@ def _sharded_delta_norm_ratios(
                     if p.requires_grad and name not in done and not distributed.is_sharded(p):
                         done.add(name)
                         w0 = originals[name].to(p.device).float()
-                        ratios.append(float((p.float() - w0).norm() / w0.norm().clamp_min(1e-12)))
+                        ratios.append(delta_norm_ratio(p.float() - w0, w0))
                 continue
             for module in group.modules():
                 if not isinstance(module, BaseTunerLayer) or id(module) in done:
@@ -630,36 +524,5 @@ def _sharded_delta_norm_ratios(
                 if distributed.is_sharded(module.get_base_layer().weight):
                     continue  # inside a sharded child: handled with that child's group
                 done.add(id(module))
-                ratios.extend(_delta_norm_ratios(module, None))
+                ratios.extend(delta_norm_ratios(module, adapter_name=None))
     return ratios
-
-
-@torch.no_grad()
-def _delta_norm_ratios(model: nn.Module, originals: dict[str, torch.Tensor] | None) -> list[float]:
-    """‖ΔW‖_F/‖W‖_F per adapted layer: PEFT layers via get_delta_weight; `full` against the saved originals."""
-    if originals is None:
-        return delta_norm_ratios(model, adapter_name=None)
-    ratios = []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            w0 = originals[name].float()
-            ratios.append(float((p.float() - w0).norm() / w0.norm().clamp_min(1e-12)))
-    return ratios
-
-
-def environment(device: torch.device) -> dict:
-    import peft
-    import transformers
-
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-    return {
-        "device_name": name,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "curlora": curlora.__version__,
-        "python": platform.python_version(),
-    }

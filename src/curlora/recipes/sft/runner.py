@@ -20,34 +20,37 @@ every rank returns rank 0's results; docs/DISTRIBUTED.md describes it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
-import math
-import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import curlora
 from curlora import distributed
 from curlora.data.squad import count_questions, load_squad, sample_questions, split_articles
 from curlora.errors import CurloraError
-from curlora.io import atomic_write_json, atomic_write_text, safe_name
-from curlora.metrics import perplexity
-from curlora.qa import DEFAULT_TEMPLATE, NO_ANSWER, PromptBuilder, QAExample, build_examples, evaluate_qa
-from curlora.recipes.bench import Reporter, environment, resolve_device
-from curlora.recipes.methods import MethodSpec, check_rank_fits, parse_method, wrap_model
+from curlora.files import atomic_write_json, atomic_write_text, safe_name
+from curlora.methods import MethodSpec, check_rank_fits, wrap_model
+from curlora.models.load import load_model
+from curlora.recipes.common import (
+    Reporter,
+    claim_run_folder,
+    environment,
+    perplexity_stage,
+    resolve_device,
+    settings_diff,
+)
+from curlora.recipes.sft.config import DEFAULT_LR, SFTRecipeConfig, parse_sft_methods
+from curlora.recipes.sft.qa import PromptBuilder, QAExample, build_examples, evaluate_qa
+from curlora.recipes.sft.trainer import _no_library_bars, build_trainer, to_dataset
+from curlora.reports.sft import render_markdown
 from curlora.tuner.config import default_target_modules
 
 log = logging.getLogger(__name__)
 SCHEMA = "curlora-sft/1"
-SFT_METHODS = ("none", "curlora", "lora")
-DEFAULT_LR = {"curlora": 1e-3, "lora": 1e-3}  # the same for both: a fair comparison of forgetting
 
 __all__ = [
     "DEFAULT_LR",
@@ -58,252 +61,6 @@ __all__ = [
     "run_sft",
     "to_dataset",
 ]
-
-
-@dataclass
-class SFTRecipeConfig:
-    """Settings of `curlora sft`; every field changes the numbers except `device`, `eval_batch_size`, `save_steps`,
-    `save_total_limit` and `logging_steps`."""
-
-    data: str = ""
-    model: str = "smollm2-135m"
-    data_split: str = "validation"
-    methods: list[str] = field(default_factory=lambda: ["curlora"])
-    rank: int = 16
-    alpha: float = 1.0
-    sampling: str = "inverted"
-    target_modules: list[str] | None = None
-    lr: float | None = None  # None: DEFAULT_LR of the method
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 8  # the global batch: split evenly over the processes of accelerate launch / torchrun
-    grad_accum: int = 1
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_length: int = 512
-    template: str = DEFAULT_TEMPLATE
-    keep_unanswerable: bool = False
-    no_answer: str = NO_ANSWER
-    eval_articles: float = 1
-    train_articles: int | None = None
-    max_train_questions: int | None = None
-    eval_questions: int | None = None
-    max_new_tokens: int = 32
-    eval_batch_size: int = 32
-    ppl_max_tokens: int | None = 16384
-    ppl_max_length: int = 512
-    ppl_stride: int = 256
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    logging_steps: int = 10
-
-    _NOT_RESULT = ("device", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps")
-
-    def result_key(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k in self._NOT_RESULT:
-            d.pop(k, None)
-        return json.loads(json.dumps(d))
-
-    def validate(self) -> None:
-        if not self.data:
-            raise CurloraError("no data given; pass --data PATH/TO/dev-v2.0.json (or a hub id such as squad_v2)")
-        for name in ("rank", "batch_size", "grad_accum", "max_new_tokens", "eval_batch_size", "ppl_max_length"):
-            if getattr(self, name) < 1:
-                raise CurloraError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs <= 0:
-            raise CurloraError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise CurloraError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise CurloraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 1 <= self.ppl_stride <= self.ppl_max_length:
-            raise CurloraError(f"ppl_stride must be between 1 and ppl_max_length ({self.ppl_max_length})")
-        if self.max_new_tokens >= self.max_length:
-            raise CurloraError(f"max_new_tokens ({self.max_new_tokens}) must be below max_length ({self.max_length})")
-        parse_sft_methods(self.methods, self.rank)
-
-
-def parse_sft_methods(methods: list[str], rank: int) -> list[MethodSpec]:
-    """``none`` (base model), ``curlora``/``lora`` (rank `rank`) or ``curlora-8``, ``lora-16:lr=1e-4``, ..."""
-    if not methods:
-        raise CurloraError("no methods given; e.g. --method none,curlora,lora")
-    specs = []
-    for raw in methods:
-        spec = raw.strip().lower()
-        if spec in ("none", "base"):
-            specs.append(MethodSpec(label="none", method="none"))
-            continue
-        name = spec.split(":", 1)[0].split("-", 1)[0]
-        if name not in ("curlora", "lora"):
-            raise CurloraError(f"unknown method {raw!r} for sft; use none, curlora, lora (or curlora-R, lora-R)")
-        if "-" not in spec.split(":", 1)[0]:
-            head, sep, opts = spec.partition(":")
-            spec = f"{head}-{rank}{sep}{opts}"
-        specs.append(parse_method(spec))
-    labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise CurloraError(f"a method is listed twice ({', '.join(labels)}); list each once")
-    return specs
-
-
-def to_dataset(examples: list[QAExample]):
-    """A `datasets.Dataset` in TRL's prompt/completion format (the completion already ends with eos)."""
-    _trl()
-    from datasets import Dataset
-
-    return Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
-
-
-def _trl():
-    """TRL and datasets are the `sft` extra: say how to get them instead of a bare ImportError."""
-    try:
-        import datasets  # noqa: F401
-        import trl
-    except ImportError as err:
-        raise CurloraError(
-            f"curlora sft needs TRL and datasets ({err.name} is missing); install them: pip install 'curlora[sft]'"
-        ) from None
-    return trl
-
-
-def _checkpointing_arg() -> str:
-    # transformers 5.2x renamed TrainingArguments.gradient_checkpointing to activation_checkpointing
-    import dataclasses
-
-    SFTConfig = _trl().SFTConfig  # noqa: N806
-
-    names = {f.name for f in dataclasses.fields(SFTConfig)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-
-
-def build_trainer(
-    model,
-    tokenizer,
-    examples: list[QAExample],
-    output_dir: str | Path,
-    *,
-    lr: float,
-    epochs: float = 1.0,
-    max_steps: int | None = None,
-    batch_size: int = 8,
-    grad_accum: int = 1,
-    warmup_ratio: float = 0.1,
-    weight_decay: float = 0.0,
-    max_length: int = 512,
-    seed: int = 0,
-    bf16: bool = False,
-    use_cpu: bool = False,
-    save_steps: int = 50,
-    save_total_limit: int | None = 2,
-    logging_steps: int = 10,
-    progress_bars: bool = False,
-    callbacks: list | None = None,
-):
-    """A `trl.SFTTrainer` for `model` (a PeftModel: CURLoRA or LoRA) on prompt/completion `examples`.
-
-    Loss on the completion only (``completion_only_loss=True``); batches padded to their longest example;
-    checkpoints (adapter + optimizer + scheduler + RNG state) every `save_steps` steps under `output_dir`.
-    """
-    trl = _trl()
-    SFTConfig, SFTTrainer = trl.SFTConfig, trl.SFTTrainer  # noqa: N806
-
-    if not examples:
-        raise CurloraError("the training set is empty; nothing to fine-tune on")
-    args = SFTConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        max_steps=max_steps if max_steps is not None else -1,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=warmup_ratio,
-        weight_decay=weight_decay,
-        max_length=max_length,
-        completion_only_loss=True,
-        packing=False,
-        **{_checkpointing_arg(): False},
-        bf16=bf16,
-        fp16=False,
-        use_cpu=use_cpu,
-        seed=seed,
-        data_seed=seed,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=save_total_limit,
-        logging_steps=logging_steps,
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=not progress_bars,
-        dataloader_num_workers=0,
-        # every adapter parameter gets a gradient in every step: DDP need not search the graph for unused ones
-        # (the Trainer would turn the search on for a PeftModel, which costs a graph traversal per step)
-        ddp_find_unused_parameters=False,
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=to_dataset(examples),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    if not progress_bars:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)  # library code stays quiet; the CLI asks for the bars
-    kept = len(trainer.train_dataset)
-    if kept != len(examples):  # our contexts are cut to fit, so TRL should never need to drop one
-        log.warning("SFTTrainer dropped %d of %d training examples", len(examples) - kept, len(examples))
-    return trainer
-
-
-def _no_library_bars() -> None:
-    """No progress bars from transformers (weights loading) and datasets (TRL's preprocessing) in this process."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        import datasets
-    except ImportError:  # reported with an install hint when the trainer is built
-        return
-    datasets.disable_progress_bars()
-
-
-def _markdown(results: dict) -> str:
-    ppl = results["ppl"]
-    lines = [
-        "# curlora sft: SQuAD question answering",
-        "",
-        f"Model `{results['config']['model']}`, data `{results['data']['source']}`: trained on "
-        f"{results['data']['train_examples']} questions from {len(results['data']['train_articles'])} article(s), "
-        f"evaluated on {results['data']['eval_examples']} held-out questions from "
-        f"{len(results['data']['eval_articles'])} other article(s) ({', '.join(results['data']['eval_articles'])}). "
-        f"EM/F1: official SQuAD normalisation, greedy decoding. Perplexity: {ppl['name']}, "
-        f"{ppl['tokens']} tokens (lower is better; before = base model {ppl['before']:.3f}).",
-        "",
-        "| method | trainable params | EM | F1 | ppl after | Δppl | train loss | steps | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-
-    def num(r: dict, key: str, fmt: str) -> str:
-        v = r.get(key)
-        return format(v, fmt) if isinstance(v, int | float) else "–"
-
-    for r in results["methods"]:
-        change = r.get("ppl_change_pct")
-        lines.append(
-            f"| {r['label']} | {r.get('trainable_params', 0):,} | "
-            f"{num(r, 'exact_match', '.2f')} | {num(r, 'f1', '.2f')} | "
-            f"{num(r, 'ppl_after', '.3f')} | {format(change, '+.2f') + '%' if change is not None else '–'} | "
-            f"{num(r, 'train_loss', '.3f')} | {num(r, 'train_steps', 'd')} | {num(r, 'train_s', '.0f')} |"
-        )
-    env = results.get("environment", {})
-    lines += ["", f"Device: {env.get('device_name', '?')}; dtype {results.get('dtype', '?')}.", ""]
-    return "\n".join(lines)
 
 
 class SFTRun:
@@ -383,20 +140,16 @@ class SFTRun:
     # -- the run folder ----------------------------------------------------------------------------------------
     def _check_out(self) -> None:
         """Refuse a folder that holds another run, before anything is loaded (nothing is written here)."""
-        cfg_file = self.out / "config.json"
-        if self.overwrite or not cfg_file.exists():
+        if self.overwrite:
             return
-        try:
-            saved = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise CurloraError(f"{cfg_file} is not valid JSON; pass --overwrite to start over") from None
+        diff = settings_diff(self.out, self.config.result_key(), ignore=("methods",))
+        if diff is None:
+            return
         if not self.resume:
             raise CurloraError(
                 f"{self.out} already holds a run; pass --resume to continue it, --overwrite to start over, "
                 "or another --out"
             )
-        mine = self.config.result_key()
-        diff = sorted(k for k in mine if k != "methods" and saved.get(k) != mine[k])
         if diff:
             raise CurloraError(
                 f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
@@ -407,16 +160,13 @@ class SFTRun:
         """Called once data and model are loaded: clear the folder for --overwrite, record the settings (rank 0;
         the others wait until it has)."""
         if self.dist.is_main:
-            if self.overwrite and self.out.exists():
-                shutil.rmtree(self.out)
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out / "config.json", self.config.result_key())
+            claim_run_folder(self.out, self.config.result_key(), overwrite=self.overwrite)
         self._wait()
 
     # -- pieces -------------------------------------------------------------------------------------------------
     def _load(self):
         if self._model is None:
-            self._model, self._tokenizer = curlora.load_model(self.config.model)
+            self._model, self._tokenizer = load_model(self.config.model)
         elif self._tokenizer is None:
             raise CurloraError("pass the tokenizer together with the model")
         tok = self._tokenizer
@@ -438,20 +188,15 @@ class SFTRun:
 
     def _perplexity(self, model, ids: torch.Tensor, what: str) -> dict:
         cfg = self.config
-        n_windows = max(1, math.ceil(max(0, ids.shape[1] - cfg.ppl_max_length) / cfg.ppl_stride) + 1)
-        self.reporter.bar(what, n_windows)
-        try:
-            return perplexity(
-                model,
-                input_ids=ids,
-                max_length=cfg.ppl_max_length,
-                stride=cfg.ppl_stride,
-                device=self.device,
-                batch_size=8 if self.device.type == "cuda" else 1,
-                progress=lambda n, _total: self.reporter.advance(n),
-            )
-        finally:
-            self.reporter.end_bar()
+        return perplexity_stage(
+            model,
+            ids,
+            max_length=cfg.ppl_max_length,
+            stride=cfg.ppl_stride,
+            device=self.device,
+            reporter=self.reporter,
+            what=what,
+        )
 
     def _evaluate(self, model, tokenizer, examples: list[QAExample], what: str) -> dict:
         cfg = self.config
@@ -594,7 +339,7 @@ class SFTRun:
         if not self.dist.is_main:
             return
         atomic_write_json(self.out / "results.json", results)
-        atomic_write_text(self.out / "results.md", _markdown(results))
+        atomic_write_text(self.out / "results.md", render_markdown(results))
 
     def run(self) -> dict:
         cfg = self.config
