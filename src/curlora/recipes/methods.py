@@ -1,7 +1,9 @@
 """Methods the bench compares, parsed from specs like `curlora-16`, `lora-4:lr=1e-3`, `head_only`, `full`.
 
-Spec grammar: NAME[-RANK][:key=value[,key=value...]] with keys lr, sampling (curlora only), alpha.
-The spec, as written, is the method's label in results and reports.
+Spec grammar: NAME[-RANK][:key=value[,key=value...]] with keys lr, sampling (CURLoRA and its controls), alpha
+(not vera). NAME may itself hold '-' (`cur-random-16`). The spec, as written, is the method's label in results
+and reports. Controls of CURLoRA's subspace, r² trainable parameters each (docs/METHODS.md): `cur-random-R`,
+`svd-top-R`, `svd-bottom-R`; and PEFT's VeRA, `vera-R`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import torch
 from peft import get_peft_model
 from torch import nn
 
-from curlora.baselines import lora_config
+from curlora.baselines import lora_config, vera_config
 from curlora.cur import check_strategy
 from curlora.errors import CurloraError
 from curlora.inspect import target_layers
 from curlora.tuner.config import CURLoRAConfig
 
-METHODS = ("curlora", "lora", "head_only", "full")
-_SPEC = re.compile(r"^(?P<name>[a-z_]+?)(?:-(?P<rank>\d+))?(?::(?P<opts>.+))?$")
+#: CURLoRA and its controls: method name -> CURLoRAConfig.basis (`curlora.tuner.basis`)
+CUR_BASES = {"curlora": "cur", "cur-random": "random", "svd-top": "svd-top", "svd-bottom": "svd-bottom"}
+RANKED = (*CUR_BASES, "lora", "vera")
+METHODS = (*RANKED, "head_only", "full")
+_SPEC = re.compile(r"^(?P<name>[a-z_]+(?:-[a-z_]+)*)(?:-(?P<rank>\d+))?(?::(?P<opts>.+))?$")
 
 
 @dataclass(frozen=True)
@@ -29,12 +34,12 @@ class MethodSpec:
     method: str
     rank: int | None = None
     lr: float | None = None  # None: the preset's learning rate
-    sampling: str | None = None  # curlora only
+    sampling: str | None = None  # CURLoRA and its controls only
     alpha: float | None = None
 
     @property
     def has_adapter(self) -> bool:
-        return self.method in ("curlora", "lora")
+        return self.method in RANKED
 
 
 def parse_method(spec: str) -> MethodSpec:
@@ -42,11 +47,11 @@ def parse_method(spec: str) -> MethodSpec:
     m = _SPEC.match(spec)
     if not m or m.group("name") not in METHODS:
         raise CurloraError(
-            f"unknown method {spec!r}; use one of curlora-R, lora-R, head_only, full "
+            f"unknown method {spec!r}; use one of {', '.join(f'{n}-R' for n in RANKED)}, head_only, full "
             "(R a rank, e.g. curlora-16; options like curlora-16:lr=1e-3,sampling=uniform)"
         )
     name, rank = m.group("name"), m.group("rank")
-    if name in ("curlora", "lora") and rank is None:
+    if name in RANKED and rank is None:
         raise CurloraError(f"method {spec!r} needs a rank, e.g. {name}-16")
     if name in ("head_only", "full") and rank is not None:
         raise CurloraError(f"method {name} takes no rank; write {name!r}")
@@ -54,9 +59,9 @@ def parse_method(spec: str) -> MethodSpec:
     for opt in filter(None, (m.group("opts") or "").split(",")):
         key, _, value = opt.partition("=")
         try:
-            if key in ("lr", "alpha"):
+            if key == "lr" or (key == "alpha" and name != "vera"):  # VeRA has no scale to set
                 fields[key] = float(value)
-            elif key == "sampling" and name == "curlora":
+            elif key == "sampling" and name in CUR_BASES:
                 check_strategy(value)
                 fields[key] = value
             else:
@@ -84,15 +89,24 @@ def wrap_model(
     """Make `model` trainable the way `spec` says. Returns the model to train (a PeftModel for adapters)."""
     model.requires_grad_(False)
     alpha = spec.alpha if spec.alpha is not None else alpha
-    if spec.method == "curlora":
+    if spec.method in CUR_BASES:
         config = CURLoRAConfig(
-            r=spec.rank, alpha=alpha, target_modules=target_modules, sampling=spec.sampling or sampling, seed=seed
+            r=spec.rank,
+            alpha=alpha,
+            target_modules=target_modules,
+            sampling=spec.sampling or sampling,
+            seed=seed,
+            basis=CUR_BASES[spec.method],
         )
         return get_peft_model(model, config)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
     if spec.method == "lora":
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
         return get_peft_model(
             model, lora_config(spec.rank, alpha, target_modules=target_modules, model_type=model_type)
+        )
+    if spec.method == "vera":
+        return get_peft_model(
+            model, vera_config(spec.rank, target_modules=target_modules, model_type=model_type, seed=seed)
         )
     if spec.method == "full":
         for layer in target_layers(model, target_modules):
