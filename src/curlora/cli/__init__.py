@@ -74,3 +74,7 @@ app.add_typer(data_app, name="data")
 from curlora.cli.sft import sft  # noqa: E402
 
 app.command()(sft)
+
+from curlora.cli.sweep import sweep_app  # noqa: E402
+
+app.add_typer(sweep_app, name="sweep")

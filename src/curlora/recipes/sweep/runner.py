@@ -1,0 +1,561 @@
+"""Run a sweep: every (configuration, seed) is one bench run in its own folder under the sweep folder.
+
+    SWEEP/sweep.json                      the space (a rerun with another space is refused)
+    SWEEP/runs/<configuration>/seed-S/    a bench run folder (config.json, results.json, runs/...)
+    SWEEP/base_ppl.json                   the base model's perplexity, measured once and shared by every run
+    SWEEP/optuna.db                       Optuna's storage (--search optuna, default)
+    SWEEP/results.json                    objectives per configuration and both fronts (written at the end)
+
+The bench resumes each run on its own (finished runs are read back, a half-done run restarts at its next task), so
+a killed sweep, rerun, redoes nothing it finished. Workers are spawned processes that load the model once and take
+points from a queue; a file lock per run keeps two workers (or two machines) off the same run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from curlora.errors import CurloraError
+from curlora.io import atomic_write_json, safe_name
+from curlora.recipes.sweep.objectives import run_metrics, summarize
+from curlora.recipes.sweep.space import Configuration, Space
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+SWEEP_FILE = "sweep.json"
+RESULTS_FILE = "results.json"
+STUDY_NAME = "curlora-sweep"
+DIRECTIONS = ("maximize", "minimize", "minimize")  # learning, perplexity ratio, forgetting
+
+
+class SweepReporter:
+    """Receives the sweep's events; the library never prints (the CLI shows a rich view or plain lines)."""
+
+    def begin(self, total: int | None, done: int) -> None: ...
+    def started(self, worker: int, label: str, seed: int) -> None: ...
+    def finished(self, worker: int, label: str, seed: int, metrics: dict, cached: bool) -> None:
+        log.info("done %s seed %s", label, seed)
+
+    def failed(self, worker: int, label: str, seed: int, error: str) -> None:
+        log.error("failed %s seed %s: %s", label, seed, error)
+
+    def end(self) -> None: ...
+
+
+@dataclass
+class Options:
+    jobs: int = 1
+    gpus: list[int] | None = None
+    device: str = "auto"
+    search: str = "grid"
+    trials: int | None = None
+    storage: str | None = None
+    sampler: str = "tpe"
+    loader: Callable | None = None  # (base BenchConfig) -> (model, tokenizer, suite); module-level for jobs > 1
+    extra: dict = field(default_factory=dict)
+
+
+# -- folder -----------------------------------------------------------------------------------------------------
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    return out / "runs" / safe_name(label) / f"seed-{seed}"
+
+
+def read_run(out: Path, conf: Configuration, seed: int) -> dict | None:
+    """The finished bench record of one point, or None (not run, or killed part-way)."""
+    path = run_dir(out, conf.label, seed) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    done = [r for r in results.get("runs", []) if r.get("label") == conf.spec and r.get("complete")]
+    return done[0] if done else None
+
+
+def _record(space: Space, options: Options) -> dict:
+    return {"space": space.record(), "search": options.search}
+
+
+def _differences(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {b!r} there, {a!r} now")
+    return out
+
+
+def check_folder(out: Path, space: Space, options: Options) -> None:
+    """Refuse a folder that holds another space's sweep (naming the difference) or something else entirely."""
+    mine = json.loads(json.dumps(_record(space, options)))
+    path = out / SWEEP_FILE
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise CurloraError(f"{path} is not valid JSON; delete the folder or pick another --out") from None
+        theirs = {k: saved.get(k) for k in mine}
+        diff = _differences(mine, theirs)
+        if diff:
+            raise CurloraError(
+                f"{out} holds a sweep of another space ({'; '.join(diff)}); results are never mixed: "
+                "pass another --out, or rerun with the same space to resume"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise CurloraError(f"{out} exists and is not a sweep folder (no {SWEEP_FILE}); pass another --out")
+
+
+def _check_options(options: Options) -> None:
+    if options.jobs < 1:
+        raise CurloraError(f"--jobs must be >= 1, got {options.jobs}")
+    if options.search not in ("grid", "optuna"):
+        raise CurloraError(f"unknown search {options.search!r}; use grid or optuna")
+    if options.search == "optuna":
+        if not options.trials or options.trials < 1:
+            raise CurloraError("--search optuna needs --trials N (N >= 1)")
+        if options.sampler not in ("tpe", "nsga2"):
+            raise CurloraError(f"unknown sampler {options.sampler!r}; use tpe or nsga2")
+    elif options.trials is not None or options.storage is not None:
+        raise CurloraError("--trials and --storage apply to --search optuna only")
+    if options.gpus is not None and (not options.gpus or any(g < 0 for g in options.gpus)):
+        raise CurloraError(f"--gpus must list GPU indices like 0,1; got {options.gpus}")
+
+
+# -- one point --------------------------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    """What a worker holds for its whole life: the space, the folder and the model loaded once."""
+
+    space: Space
+    out: Path
+    device: str
+    model: object
+    tokenizer: object
+    suite: object
+
+
+def _load(space: Space, loader: Callable | None):
+    if loader is not None:
+        return loader(space.base_config())
+    import curlora
+    from curlora.data import load_suite
+
+    config = space.base_config()
+    model, tokenizer = curlora.load_model(config.model)
+    return model, tokenizer, load_suite(config.suite, config.data_dir)
+
+
+def run_point(ctx: _Context, conf: Configuration, seed: int) -> tuple[dict, bool]:
+    """Run (or read back) one bench run; returns (its record, whether it was finished already)."""
+    from filelock import FileLock
+
+    from curlora.recipes.bench import Bench
+
+    folder = run_dir(ctx.out, conf.label, seed)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        record = read_run(ctx.out, conf, seed)
+        if record is not None:
+            return record, True
+        bench = Bench(ctx.space.bench_config(conf, seed, ctx.device), folder, model=ctx.model,
+                      tokenizer=ctx.tokenizer, suite=ctx.suite)
+        shared = ctx.out / "base_ppl.json"
+        if shared.exists() and not (folder / "base_ppl.json").exists():
+            shutil.copyfile(shared, folder / "base_ppl.json")  # the same model, text and window for every run
+        results = bench.run()
+        if not shared.exists():
+            atomic_write_json(shared, json.loads((folder / "base_ppl.json").read_text()))
+    (record,) = [r for r in results["runs"] if r["label"] == conf.spec]
+    return record, False
+
+
+# -- workers ----------------------------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """A worker must not outlive a killed sweep (it would keep writing into the folder a rerun works in)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _quiet() -> None:
+    import warnings
+
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore")
+
+
+def _emit(events, *event) -> None:
+    if events is not None:
+        events.put(event)
+
+
+def _do(ctx: _Context, conf: Configuration, seed: int, wid: int, events, reporter: SweepReporter | None):
+    if reporter is not None:
+        reporter.started(wid, conf.label, seed)
+    _emit(events, "started", wid, conf.label, seed)
+    record, cached = run_point(ctx, conf, seed)
+    metrics = run_metrics(record)
+    if reporter is not None:
+        reporter.finished(wid, conf.label, seed, metrics, cached)
+    _emit(events, "finished", wid, conf.label, seed, metrics, cached)
+    return record
+
+
+def _worker(wid: int, space: Space, out: str, device: str, options: Options, tasks, events) -> None:
+    _die_with_parent()
+    _quiet()
+    try:
+        model, tokenizer, suite = _load(space, options.loader)
+        ctx = _Context(space, Path(out), device, model, tokenizer, suite)
+        confs = {c.label: c for c in space.configurations()}
+        if options.search == "optuna":
+            _optuna_loop(ctx, options, wid, events, None)
+        else:
+            while (item := tasks.get()) is not None:
+                label, seed = item
+                try:
+                    _do(ctx, confs[label], seed, wid, events, None)
+                except Exception:  # one failed run must not stop the others; the sweep reports it
+                    events.put(("failed", wid, label, seed, traceback.format_exc(limit=6)))
+    except Exception:
+        events.put(("failed", wid, None, None, traceback.format_exc(limit=6)))
+    finally:
+        events.put(("exit", wid))
+
+
+def _device_of(options: Options, wid: int) -> tuple[str, dict]:
+    """(device string, environment) for worker `wid`: GPUs round-robin, each worker sees only its own GPU."""
+    if not options.gpus:
+        return options.device, {}
+    gpu = options.gpus[wid % len(options.gpus)]
+    return "cuda", {"CUDA_VISIBLE_DEVICES": str(gpu)}
+
+
+def _spawn(space: Space, out: Path, options: Options, tasks, events) -> list:
+    ctx = mp.get_context("spawn")
+    procs = []
+    for wid in range(options.jobs):
+        device, env = _device_of(options, wid)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # a spawned child copies the environment at start
+        try:
+            p = ctx.Process(target=_worker, args=(wid, space, str(out), device, options, tasks, events), daemon=True)
+            p.start()
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        procs.append(p)
+    return procs
+
+
+def _pump(procs: list, events, reporter: SweepReporter, failures: list) -> None:
+    """Forward worker events to the reporter until every worker has exited."""
+    alive = {p: wid for wid, p in enumerate(procs)}
+    exited: set[int] = set()
+    while len(exited) < len(procs):
+        try:
+            event = events.get(timeout=1.0)
+        except queue.Empty:
+            for p, wid in alive.items():
+                if wid not in exited and not p.is_alive() and p.exitcode not in (0, None):
+                    exited.add(wid)
+                    failures.append((None, None, f"worker {wid} died (exit code {p.exitcode})"))
+            continue
+        kind, wid = event[0], event[1]
+        if kind == "started":
+            reporter.started(wid, event[2], event[3])
+        elif kind == "finished":
+            reporter.finished(wid, *event[2:])
+        elif kind == "failed":
+            failures.append((event[2], event[3], event[4]))
+            reporter.failed(wid, event[2], event[3], event[4])
+        elif kind == "exit":
+            exited.add(wid)
+    for p in procs:
+        p.join()
+
+
+# -- grid -------------------------------------------------------------------------------------------------------
+def _grid(space: Space, out: Path, options: Options, reporter: SweepReporter, failures: list) -> None:
+    confs = space.configurations()
+    # the reference first: every other configuration's learning is measured against it
+    points = [(c, s) for c in sorted(confs, key=lambda c: not c.reference) for s in space.seeds]
+    todo = [(c, s) for c, s in points if read_run(out, c, s) is None]
+    reporter.begin(len(points), len(points) - len(todo))
+    if not todo:
+        return
+    if options.jobs == 1:
+        model, tokenizer, suite = _load(space, options.loader)
+        device, env = _device_of(options, 0)
+        if env:
+            os.environ.update(env)
+        ctx = _Context(space, out, device, model, tokenizer, suite)
+        for conf, seed in todo:
+            _do(ctx, conf, seed, 0, None, reporter)
+        return
+    ctx = mp.get_context("spawn")
+    tasks, events = ctx.Queue(), ctx.Queue()
+    for conf, seed in todo:
+        tasks.put((conf.label, seed))
+    for _ in range(options.jobs):
+        tasks.put(None)
+    _pump(_spawn(space, out, options, tasks, events), events, reporter, failures)
+
+
+# -- optuna -----------------------------------------------------------------------------------------------------
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'optuna.db').resolve()}"
+
+
+def open_storage(url: str, heartbeat: bool = True):
+    """Optuna's RDB storage for `url`; a stale running trial (its process killed) is failed and retried."""
+    try:
+        import optuna
+        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    except ImportError:
+        raise CurloraError("--search optuna needs Optuna: pip install optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    if heartbeat:
+        kwargs |= {"heartbeat_interval": 20, "grace_period": 60,
+                   "failed_trial_callback": RetryFailedTrialCallback(max_retry=3)}
+    try:
+        return RDBStorage(url, **kwargs)
+    except Exception as err:  # driver missing, host unreachable, unwritable file: all the same to the user
+        raise CurloraError(
+            f"cannot open the Optuna storage {url!r}: {type(err).__name__}: {str(err).splitlines()[0][:200]}; "
+            "check the URL (e.g. sqlite:///sweep.db, postgresql://user:pass@host/db) and that its driver is installed"
+        ) from None
+
+
+def _axes(confs: list[Configuration]) -> dict:
+    """Optuna's view of the space: a `family` (method + rank) and, per family, the values of lr, α, sampling and
+    epochs it takes. A parameter gets the family in its name when its choices differ between families (Optuna
+    requires one distribution per name)."""
+    families: dict[str, list[Configuration]] = {}
+    for c in confs:
+        families.setdefault(c.method + (f"-{c.rank}" if c.rank is not None else ""), []).append(c)
+    axes = {}
+    for fam, members in families.items():
+        axes[fam] = {k: sorted({getattr(c, k) for c in members}, key=lambda v: (v is None, str(v) if
+                                                                                   isinstance(v, str) else v))
+                     for k in ("lr", "alpha", "sampling", "epochs")}
+    return axes
+
+
+def suggest(trial, confs: list[Configuration]) -> Configuration:
+    axes = _axes(confs)
+    fam = trial.suggest_categorical("family", list(axes))
+    chosen = {}
+    for key in ("lr", "alpha", "sampling", "epochs"):
+        choices = axes[fam][key]
+        if len(choices) == 1:
+            chosen[key] = choices[0]
+            continue
+        shared = all(a[key] == choices for a in axes.values())
+        chosen[key] = trial.suggest_categorical(key if shared else f"{key}|{fam}", choices)
+    fam_confs = [c for c in confs if c.method + (f"-{c.rank}" if c.rank is not None else "") == fam]
+    return next(c for c in fam_confs if all(getattr(c, k) == v for k, v in chosen.items()))
+
+
+def _sampler(options: Options):
+    import optuna
+
+    seed = options.extra.get("sampler_seed", 0)
+    if options.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, options.trials)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, options.trials // 3)))
+
+
+def _load_study(options: Options, storage):
+    import optuna
+
+    return optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=list(DIRECTIONS),
+                               sampler=_sampler(options), load_if_exists=True)
+
+
+def _optuna_loop(ctx: _Context, options: Options, wid: int, events, reporter) -> None:
+    """Take trials until the study holds `trials` finished or running ones (a killed trial is retried)."""
+    import optuna
+
+    confs = [c for c in ctx.space.configurations() if not c.reference]
+    ref = next(c for c in ctx.space.configurations() if c.reference)
+    for seed in ctx.space.seeds:  # the reference first; its file locks make other workers wait for it
+        _do(ctx, ref, seed, wid, events, reporter)
+    study = _load_study(options, open_storage(options.storage))
+    alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+    def objective(trial) -> tuple[float, float, float]:
+        conf = suggest(trial, confs)
+        trial.set_user_attr("label", conf.label)
+        for seed in ctx.space.seeds:
+            _do(ctx, conf, seed, wid, events, reporter)
+        rows = summarize([c.as_dict() for c in (ref, conf)], _runs_of(ctx.out, [ref, conf], ctx.space.seeds))
+        row = rows[1]
+        values = (row["learning"]["mean"], row["ppl_ratio"]["mean"], row["forgetting"]["mean"])
+        # a diverged run (perplexity null) or a single task (no forgetting) has no objective value: a failed trial
+        return tuple(float("nan") if v is None else v for v in values)
+
+    while len(study.get_trials(deepcopy=False, states=alive)) < options.trials:
+        study.optimize(objective, n_trials=1, catch=())
+
+
+def _optuna(space: Space, out: Path, options: Options, reporter: SweepReporter, failures: list) -> None:
+    _load_study(options, open_storage(options.storage, heartbeat=False))  # created once, before workers race
+    reporter.begin((options.trials + 1) * len(space.seeds), 0)  # the reference's runs, then each trial's
+    if options.jobs == 1:
+        model, tokenizer, suite = _load(space, options.loader)
+        device, env = _device_of(options, 0)
+        os.environ.update(env)
+        _optuna_loop(_Context(space, out, device, model, tokenizer, suite), options, 0, None, reporter)
+        return
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    _pump(_spawn(space, out, options, None, events), events, reporter, failures)
+
+
+# -- whole sweep ------------------------------------------------------------------------------------------------
+def _runs_of(out: Path, confs: list[Configuration], seeds: list[int]) -> dict[str, dict[int, dict]]:
+    runs: dict[str, dict[int, dict]] = {}
+    for conf in confs:
+        for seed in seeds:
+            record = read_run(out, conf, seed)
+            if record is not None:
+                runs.setdefault(conf.label, {})[seed] = {**run_metrics(record), "_record": record}
+    return runs
+
+
+def collect(space: Space, out: Path, options_record: dict, wall_s: float | None) -> dict:
+    """results.json of the sweep from what the run folders hold (finished runs only)."""
+    confs = space.configurations()
+    runs = _runs_of(out, confs, space.seeds)
+    rows = summarize([c.as_dict() for c in confs], runs)
+    rows = [r for r in rows if r["seeds"]]  # a configuration Optuna never sampled has no row
+    base = space.base_config()
+    run_list = []
+    for label, by_seed in runs.items():
+        for seed, m in sorted(by_seed.items()):
+            record = m.pop("_record")
+            run_list.append({"label": label, **m, "stages": len(record.get("stages", [])),
+                             "run_dir": str(run_dir(out, label, seed).relative_to(out))})
+    suite_info = _suite_info(out, confs, space.seeds)
+    return sanitize({
+        "schema_version": SCHEMA_VERSION,
+        "kind": "sweep",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "space": space.record(),
+        "bench": base.result_key() | {"methods": None, "seeds": space.seeds},
+        "search": options_record,
+        "suite": suite_info,
+        "reference": next(c.label for c in confs if c.reference),
+        "noise_rule": "paired 95% t interval over shared seeds must exclude zero (one shared seed: sign)",
+        "n_configurations": len(confs),
+        "n_runs_expected": len(confs) * len(space.seeds) if options_record.get("search") == "grid" else None,
+        "n_runs_done": len(run_list),
+        "wall_s": wall_s,
+        "run_wall_s_total": sum(r["wall_s"] or 0.0 for r in run_list),
+        "configurations": rows,
+        "fronts": {name: [r["label"] for r in rows if r.get(f"front_{name}")] for name in ("ppl", "forgetting")},
+        "runs": run_list,
+    })
+
+
+def _suite_info(out: Path, confs: list[Configuration], seeds: list[int]) -> dict | None:
+    for conf in confs:
+        for seed in seeds:
+            try:
+                res = json.loads((run_dir(out, conf.label, seed) / "results.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            return {k: res["suite"].get(k) for k in ("name", "tasks", "ppl_name")} | {
+                "environment": res.get("environment")}
+    return None
+
+
+def sanitize(obj):
+    """NaN/inf become null (results files are valid JSON); tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [sanitize(v) for v in obj]
+    return obj
+
+
+def run_sweep(space: Space, out: str | Path, options: Options | None = None,
+              reporter: SweepReporter | None = None) -> dict:
+    """Run (or resume) the sweep and write SWEEP/results.json; returns it. Raises CurloraError before writing
+    anything when an input is bad; runs that fail are listed in results["failures"] (see failure_message)."""
+    options = options or Options()
+    reporter = reporter or SweepReporter()
+    out = Path(out)
+    _check_options(options)
+    check_folder(out, space, options)
+    if options.search == "optuna" and options.storage is not None:
+        open_storage(options.storage, heartbeat=False)  # a bad URL fails before the folder exists
+    out.mkdir(parents=True, exist_ok=True)
+    record = _record(space, options)
+    if not (out / SWEEP_FILE).exists():
+        atomic_write_json(out / SWEEP_FILE, record | {"created": datetime.now(timezone.utc).isoformat(
+            timespec="seconds")})
+    if options.search == "optuna" and options.storage is None:
+        options.storage = default_storage(out)
+    failures: list = []
+    t0 = time.perf_counter()
+    try:
+        (_optuna if options.search == "optuna" else _grid)(space, out, options, reporter, failures)
+    finally:
+        reporter.end()
+    search = {"search": options.search, "jobs": options.jobs, "gpus": options.gpus}
+    if options.search == "optuna":
+        search |= {"trials": options.trials, "sampler": options.sampler, "storage": _redact(options.storage),
+                   "study": STUDY_NAME}
+    results = collect(space, out, search, time.perf_counter() - t0)
+    results["failures"] = [{"label": f[0], "seed": f[1], "error": f[2]} for f in failures]
+    atomic_write_json(out / RESULTS_FILE, results)
+    return results
+
+
+def failure_message(results: dict) -> str | None:
+    """One line about the runs that failed (None when none did); their tracebacks are in results.json."""
+    failures = results.get("failures") or []
+    if not failures:
+        return None
+    first = failures[0]
+    return (f"{len(failures)} run(s) failed (first: {first['label']} seed {first['seed']}: "
+            f"{first['error'].strip().splitlines()[-1]}); the finished runs are kept — rerun the sweep to retry them")
+
+
+def _redact(url: str | None) -> str | None:
+    """A storage URL without its password (results.json is shared)."""
+    if url is None or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':')[0]}:***@{host}"
