@@ -69,8 +69,10 @@ def test_cur_random_has_the_sampled_norms_but_not_the_sampled_factors(arch):
         # the sampled indices are kept (they set the norms and are what the file stores)
         assert set(layer.curlora_cols["default"].tolist()) == set(_sampled_indices(layer, name)[0])
         seen.append(c)
-    # each layer draws its own matrices, and the same config draws the same ones again
-    assert not torch.allclose(seen[0][:, :1].norm(), seen[1][:, :1].norm())
+    # each layer draws its own matrices (block 0's first projection against block 1's), and the same config
+    # draws the same ones again
+    first = [c for c in seen if c.shape == seen[0].shape]
+    assert not torch.allclose(first[0] / first[0].norm(), first[1] / first[1].norm(), atol=1e-2)
     again = [layer.curlora_C["default"] for _, layer in _layers(_wrapped("random", arch))]
     assert all(torch.equal(a, b) for a, b in zip(seen, again, strict=True))
 
