@@ -226,6 +226,8 @@ def test_method_specs_and_bad_inputs():
     )
     assert parse_method("cur-random-8").method == "cur-random" and parse_method("vera-256").rank == 256
     assert all(parse_method(s).has_adapter for s in ("cur-random-2", "svd-top-2", "vera-2"))
+    assert parse_method("svd-top-2").takes_sampling and not parse_method("vera-2").takes_sampling
+    assert parse_method("cur-random-2").takes_alpha and not parse_method("vera-2").takes_alpha
     with pytest.raises(CurloraError, match="needs a rank"):
         parse_method("cur-random")
     with pytest.raises(CurloraError, match="unknown method"):

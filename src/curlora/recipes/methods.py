@@ -41,6 +41,16 @@ class MethodSpec:
     def has_adapter(self) -> bool:
         return self.method in RANKED
 
+    @property
+    def takes_sampling(self) -> bool:
+        """Whether a `sampling=` option applies (CURLoRA and its controls)."""
+        return self.method in CUR_BASES
+
+    @property
+    def takes_alpha(self) -> bool:
+        """Whether an `alpha=` option changes anything (VeRA has no scale; head_only/full have no adapter)."""
+        return self.has_adapter and self.method != "vera"
+
 
 def parse_method(spec: str) -> MethodSpec:
     spec = spec.strip()
