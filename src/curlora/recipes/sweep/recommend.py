@@ -75,7 +75,7 @@ def recommend(results: dict, max_ppl_increase: float | None = None, max_forgetti
     best = max(within, key=lambda r: r["learning"]["mean"])
     by_seed = _learning_by_seed(results)
     alternatives = [r["label"] for r in within if r is not best
-                    and compare(by_seed[best["label"]], by_seed[r["label"]], True) != "better"]
+                    and compare(by_seed.get(best["label"], {}), by_seed.get(r["label"], {}), True) != "better"]
     return {"met": True, "budget": budget, "best": best, "alternatives": alternatives, "results": results}
 
 

@@ -81,22 +81,25 @@ def parse_lrs(text: str) -> list[float]:
     """`1e-4:1e-2:5` (5 log-spaced values, ends included) or a comma list `1e-4,1e-3`; values rounded to 3
     significant digits, so that the label written in results is exactly the rate used."""
     text = str(text).strip()
+    bad = CurloraError(f"bad learning rates {text!r}; write 1e-4:1e-2:5 (log-spaced) or 1e-4,1e-3")
+    if ":" not in text:
+        try:
+            return check_lrs([float(v) for v in text.split(",") if v.strip()])
+        except ValueError as err:
+            raise (err if isinstance(err, CurloraError) else bad) from None
     try:
-        if ":" in text:
-            lo_s, hi_s, n_s = text.split(":")
-            lo, hi, n = float(lo_s), float(hi_s), int(n_s)
-            if lo <= 0 or hi <= 0:
-                raise CurloraError(f"learning-rate range {text!r} must be positive (log-spaced); e.g. 1e-4:1e-2:5")
-            if lo > hi:
-                raise CurloraError(f"learning-rate range {text!r} has its ends swapped; write {hi_s}:{lo_s}:{n_s}")
-            if n < 1 or (n == 1 and lo != hi) or (n > 1 and lo == hi):
-                raise CurloraError(f"learning-rate range {text!r}: give LOW:HIGH:COUNT with COUNT >= 2, LOW < HIGH")
-            values = [lo] if n == 1 else [math.exp(math.log(lo) + k * (math.log(hi) - math.log(lo)) / (n - 1))
-                                          for k in range(n)]
-        else:
-            values = [float(v) for v in text.split(",") if v.strip()]
+        lo_s, hi_s, n_s = text.split(":")
+        lo, hi, n = float(lo_s), float(hi_s), int(n_s)
     except ValueError:
-        raise CurloraError(f"bad learning rates {text!r}; write 1e-4:1e-2:5 (log-spaced) or 1e-4,1e-3") from None
+        raise bad from None
+    if lo <= 0 or hi <= 0:
+        raise CurloraError(f"learning-rate range {text!r} must be positive (log-spaced); e.g. 1e-4:1e-2:5")
+    if lo > hi:
+        raise CurloraError(f"learning-rate range {text!r} has its ends swapped; write {hi_s}:{lo_s}:{n_s}")
+    if n < 1 or (n == 1 and lo != hi) or (n > 1 and lo == hi):
+        raise CurloraError(f"learning-rate range {text!r}: give LOW:HIGH:COUNT with COUNT >= 2, LOW < HIGH")
+    values = [lo] if n == 1 else [math.exp(math.log(lo) + k * (math.log(hi) - math.log(lo)) / (n - 1))
+                                  for k in range(n)]
     return check_lrs(values)
 
 
