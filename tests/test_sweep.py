@@ -305,3 +305,12 @@ def test_cli_bad_input_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--methods", "head_only", "--jobs", "0", "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "--jobs must be >= 1" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_paper_demo_space_file():
+    from curlora.recipes.sweep import load_space
+
+    space = load_space(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper-demo.toml")
+    confs = space.configurations()
+    assert len(confs) * len(space.seeds) == 168
+    assert space.base_config().warmup_steps < 375  # the peak lr is reached within a task's 375 steps

@@ -129,13 +129,14 @@ def _method_axes(entry: str, ranks: list[int] | None) -> tuple[list[MethodSpec],
         except CurloraError:
             raise err from None
     probe = specs[0]
+    if hasattr(probe, "takes_sampling"):
+        return specs, probe.takes_sampling
     base = probe.method + (f"-{probe.rank}" if probe.rank is not None else "")
-    try:
+    try:  # a parser without the property: ask it whether the option parses
         parse_method(f"{base}:sampling=uniform")
-        takes_sampling = True
+        return specs, True
     except CurloraError:
-        takes_sampling = False
-    return specs, takes_sampling
+        return specs, False
 
 
 def _spec_text(method: str, rank, lr: float, alpha, sampling) -> str:
@@ -166,7 +167,8 @@ def configurations(space: Space) -> list[Configuration]:
         specs, takes_sampling = _method_axes(entry, space.ranks)
         for spec in specs:
             lrs = [spec.lr] if spec.lr is not None else (space.lrs or [base.lr])
-            alphas = [spec.alpha] if spec.alpha is not None else (space.alphas if spec.has_adapter else None)
+            takes_alpha = getattr(spec, "takes_alpha", spec.has_adapter)
+            alphas = [spec.alpha] if spec.alpha is not None else (space.alphas if takes_alpha else None)
             samplings = [spec.sampling] if spec.sampling is not None else (
                 space.samplings if takes_sampling else None)
             for lr in lrs:
