@@ -141,13 +141,13 @@ def test_optuna_two_workers_share_one_sqlite_study(tmp_path):
     out = tmp_path / "optuna"
     space = tiny_space(methods=["curlora", "lora"], seeds=[0])
     rec = Recorder()
-    results = run_sweep(space, out, Options(jobs=2, device="cpu", search="optuna", trials=3,
+    results = run_sweep(space, out, Options(jobs=2, device="cpu", search="optuna", trials=2,
                                             loader=sweep_tiny.load), rec)
     assert sorted(set(rec.started_by)) == [0, 1]
     assert (out / "optuna.db").exists()
     study = optuna.load_study(study_name="curlora-sweep", storage=f"sqlite:///{out / 'optuna.db'}")
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(done) >= 3
+    assert len(done) >= 2
     sampled = {t.user_attrs["label"] for t in done}
     rows = {r["label"]: r for r in strict_json(out / "results.json")["configurations"]}
     assert sampled | {"head_only:lr=0.001"} == set(rows)
@@ -155,7 +155,7 @@ def test_optuna_two_workers_share_one_sqlite_study(tmp_path):
         row = rows[t.user_attrs["label"]]
         assert t.values == pytest.approx([row["learning"]["mean"], row["ppl_ratio"]["mean"],
                                           row["forgetting"]["mean"]])
-    assert results["search"]["search"] == "optuna" and results["search"]["trials"] == 3
+    assert results["search"]["search"] == "optuna" and results["search"]["trials"] == 2
 
 
 # -- Pareto on hand-made numbers ----------------------------------------------------------------------------------
@@ -314,3 +314,30 @@ def test_paper_demo_space_file():
     confs = space.configurations()
     assert len(confs) * len(space.seeds) == 168
     assert space.base_config().warmup_steps < 375  # the peak lr is reached within a task's 375 steps
+
+
+def test_a_failing_run_is_listed_and_the_others_finish(tmp_path):
+    out = tmp_path / "fails"
+    space = tiny_space(methods=["curlora-999"], seeds=[0])  # rank larger than the tiny model: the bench refuses
+    results = run_sweep(space, out, Options(device="cpu", loader=sweep_tiny.load))
+    assert [f["label"] for f in results["failures"]] == ["curlora-999:lr=0.01"]
+    assert "rank 999" in results["failures"][0]["error"]
+    assert [r["label"] for r in results["runs"]] == ["head_only:lr=0.001"]
+    from curlora.recipes.sweep import failure_message
+
+    assert "1 run(s) failed" in failure_message(strict_json(out / "results.json"))
+
+
+def test_plain_progress_prints_one_line_per_finished_run(capsys):
+    from curlora.cli.sweep import LiveReporter
+
+    rep = LiveReporter()
+    assert not rep.live  # captured output is not a terminal
+    rep.begin(3, 1)
+    rep.started(0, "curlora-2:lr=0.01", 0)
+    metrics = dict(avg_acc=0.75, ppl_ratio=1.01, forgetting=None, wall_s=12.0)
+    rep.finished(0, "curlora-2:lr=0.01", 0, metrics, False)
+    rep.end()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["sweep: 3 runs, 1 finished already",
+                     "[2/3] curlora-2:lr=0.01 seed 0: acc 0.750, ppl ratio 1.0100, forgetting —, 12 s"]

@@ -256,10 +256,10 @@ def _device_of(options: Options, wid: int) -> tuple[str, dict]:
     return "cuda", {"CUDA_VISIBLE_DEVICES": str(gpu)}
 
 
-def _spawn(space: Space, out: Path, options: Options, tasks, events) -> list:
+def _spawn(space: Space, out: Path, options: Options, tasks, events, n: int) -> list:
     ctx = mp.get_context("spawn")
     procs = []
-    for wid in range(options.jobs):
+    for wid in range(n):
         device, env = _device_of(options, wid)
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # a spawned child copies the environment at start
@@ -316,15 +316,20 @@ def _grid(space: Space, out: Path, options: Options, reporter: SweepReporter, fa
             os.environ.update(env)
         ctx = _Context(space, out, device, model, tokenizer, suite)
         for conf, seed in todo:
-            _do(ctx, conf, seed, 0, None, reporter)
+            try:
+                _do(ctx, conf, seed, 0, None, reporter)
+            except Exception:  # as with workers: one failed run must not stop the others
+                failures.append((conf.label, seed, traceback.format_exc(limit=6)))
+                reporter.failed(0, conf.label, seed, failures[-1][2])
         return
     ctx = mp.get_context("spawn")
     tasks, events = ctx.Queue(), ctx.Queue()
     for conf, seed in todo:
         tasks.put((conf.label, seed))
-    for _ in range(options.jobs):
+    n = min(options.jobs, len(todo))  # no worker loads a model only to find the queue empty
+    for _ in range(n):
         tasks.put(None)
-    _pump(_spawn(space, out, options, tasks, events), events, reporter, failures)
+    _pump(_spawn(space, out, options, tasks, events, n), events, reporter, failures)
 
 
 # -- optuna -----------------------------------------------------------------------------------------------------
@@ -421,8 +426,11 @@ def _optuna_loop(ctx: _Context, options: Options, wid: int, events, reporter) ->
         # a diverged run (perplexity null) or a single task (no forgetting) has no objective value: a failed trial
         return tuple(float("nan") if v is None else v for v in values)
 
+    failed = optuna.trial.TrialState.FAIL
     while len(study.get_trials(deepcopy=False, states=alive)) < options.trials:
-        study.optimize(objective, n_trials=1, catch=())
+        if len(study.get_trials(deepcopy=False, states=(failed,))) >= options.trials:
+            raise CurloraError(f"{options.trials} trials failed; see the log of the first one and fix its cause")
+        study.optimize(objective, n_trials=1, catch=(Exception,))
 
 
 def _optuna(space: Space, out: Path, options: Options, reporter: SweepReporter, failures: list) -> None:
@@ -436,7 +444,7 @@ def _optuna(space: Space, out: Path, options: Options, reporter: SweepReporter, 
         return
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
-    _pump(_spawn(space, out, options, None, events), events, reporter, failures)
+    _pump(_spawn(space, out, options, None, events, options.jobs), events, reporter, failures)
 
 
 # -- whole sweep ------------------------------------------------------------------------------------------------
