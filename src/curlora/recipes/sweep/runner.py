@@ -18,10 +18,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import queue
 import shutil
-import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -38,8 +35,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.json"
-STUDY_NAME = "curlora-sweep"
-DIRECTIONS = ("maximize", "minimize", "minimize")  # learning, perplexity ratio, forgetting
 
 
 class SweepReporter:
@@ -184,31 +179,6 @@ def run_point(ctx: _Context, conf: Configuration, seed: int) -> tuple[dict, bool
     return record, False
 
 
-# -- workers ----------------------------------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    """A worker must not outlive a killed sweep (it would keep writing into the folder a rerun works in)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-
-
-def _quiet() -> None:
-    import warnings
-
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    warnings.filterwarnings("ignore")
-
-
 def _emit(events, *event) -> None:
     if events is not None:
         events.put(event)
@@ -226,82 +196,11 @@ def _do(ctx: _Context, conf: Configuration, seed: int, wid: int, events, reporte
     return record
 
 
-def _worker(wid: int, space: Space, out: str, device: str, options: Options, tasks, events) -> None:
-    _die_with_parent()
-    _quiet()
-    try:
-        model, tokenizer, suite = _load(space, options.loader)
-        ctx = _Context(space, Path(out), device, model, tokenizer, suite)
-        confs = {c.label: c for c in space.configurations()}
-        if options.search == "optuna":
-            _optuna_loop(ctx, options, wid, events, None)
-        else:
-            while (item := tasks.get()) is not None:
-                label, seed = item
-                try:
-                    _do(ctx, confs[label], seed, wid, events, None)
-                except Exception:  # one failed run must not stop the others; the sweep reports it
-                    events.put(("failed", wid, label, seed, traceback.format_exc(limit=6)))
-    except Exception:
-        events.put(("failed", wid, None, None, traceback.format_exc(limit=6)))
-    finally:
-        events.put(("exit", wid))
-
-
-def _device_of(options: Options, wid: int) -> tuple[str, dict]:
-    """(device string, environment) for worker `wid`: GPUs round-robin, each worker sees only its own GPU."""
-    if not options.gpus:
-        return options.device, {}
-    gpu = options.gpus[wid % len(options.gpus)]
-    return "cuda", {"CUDA_VISIBLE_DEVICES": str(gpu)}
-
-
-def _spawn(space: Space, out: Path, options: Options, tasks, events, n: int) -> list:
-    ctx = mp.get_context("spawn")
-    procs = []
-    for wid in range(n):
-        device, env = _device_of(options, wid)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # a spawned child copies the environment at start
-        try:
-            p = ctx.Process(target=_worker, args=(wid, space, str(out), device, options, tasks, events), daemon=True)
-            p.start()
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        procs.append(p)
-    return procs
-
-
-def _pump(procs: list, events, reporter: SweepReporter, failures: list) -> None:
-    """Forward worker events to the reporter until every worker has exited."""
-    alive = {p: wid for wid, p in enumerate(procs)}
-    exited: set[int] = set()
-    while len(exited) < len(procs):
-        try:
-            event = events.get(timeout=1.0)
-        except queue.Empty:
-            for p, wid in alive.items():
-                if wid not in exited and not p.is_alive() and p.exitcode not in (0, None):
-                    exited.add(wid)
-                    failures.append((None, None, f"worker {wid} died (exit code {p.exitcode})"))
-            continue
-        kind, wid = event[0], event[1]
-        if kind == "started":
-            reporter.started(wid, event[2], event[3])
-        elif kind == "finished":
-            reporter.finished(wid, *event[2:])
-        elif kind == "failed":
-            failures.append((event[2], event[3], event[4]))
-            reporter.failed(wid, event[2], event[3], event[4])
-        elif kind == "exit":
-            exited.add(wid)
-    for p in procs:
-        p.join()
-
 
 # -- grid -------------------------------------------------------------------------------------------------------
 def _grid(space: Space, out: Path, options: Options, reporter: SweepReporter, failures: list) -> None:
+    from curlora.recipes.sweep.workers import device_of, pump, spawn
+
     confs = space.configurations()
     # the reference first: every other configuration's learning is measured against it
     points = [(c, s) for c in sorted(confs, key=lambda c: not c.reference) for s in space.seeds]
@@ -311,7 +210,7 @@ def _grid(space: Space, out: Path, options: Options, reporter: SweepReporter, fa
         return
     if options.jobs == 1:
         model, tokenizer, suite = _load(space, options.loader)
-        device, env = _device_of(options, 0)
+        device, env = device_of(options, 0)
         if env:
             os.environ.update(env)
         ctx = _Context(space, out, device, model, tokenizer, suite)
@@ -329,122 +228,7 @@ def _grid(space: Space, out: Path, options: Options, reporter: SweepReporter, fa
     n = min(options.jobs, len(todo))  # no worker loads a model only to find the queue empty
     for _ in range(n):
         tasks.put(None)
-    _pump(_spawn(space, out, options, tasks, events, n), events, reporter, failures)
-
-
-# -- optuna -----------------------------------------------------------------------------------------------------
-def default_storage(out: Path) -> str:
-    return f"sqlite:///{(out / 'optuna.db').resolve()}"
-
-
-def open_storage(url: str, heartbeat: bool = True):
-    """Optuna's RDB storage for `url`; a stale running trial (its process killed) is failed and retried."""
-    try:
-        import optuna
-        from optuna.storages import RDBStorage, RetryFailedTrialCallback
-    except ImportError:
-        raise CurloraError("--search optuna needs Optuna: pip install optuna") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
-    if heartbeat:
-        kwargs |= {"heartbeat_interval": 20, "grace_period": 60,
-                   "failed_trial_callback": RetryFailedTrialCallback(max_retry=3)}
-    try:
-        return RDBStorage(url, **kwargs)
-    except Exception as err:  # driver missing, host unreachable, unwritable file: all the same to the user
-        raise CurloraError(
-            f"cannot open the Optuna storage {url!r}: {type(err).__name__}: {str(err).splitlines()[0][:200]}; "
-            "check the URL (e.g. sqlite:///sweep.db, postgresql://user:pass@host/db) and that its driver is installed"
-        ) from None
-
-
-def _axes(confs: list[Configuration]) -> dict:
-    """Optuna's view of the space: a `family` (method + rank) and, per family, the values of lr, α, sampling and
-    epochs it takes. A parameter gets the family in its name when its choices differ between families (Optuna
-    requires one distribution per name)."""
-    families: dict[str, list[Configuration]] = {}
-    for c in confs:
-        families.setdefault(c.method + (f"-{c.rank}" if c.rank is not None else ""), []).append(c)
-    axes = {}
-    for fam, members in families.items():
-        axes[fam] = {k: sorted({getattr(c, k) for c in members}, key=lambda v: (v is None, str(v) if
-                                                                                   isinstance(v, str) else v))
-                     for k in ("lr", "alpha", "sampling", "epochs")}
-    return axes
-
-
-def suggest(trial, confs: list[Configuration]) -> Configuration:
-    axes = _axes(confs)
-    fam = trial.suggest_categorical("family", list(axes))
-    chosen = {}
-    for key in ("lr", "alpha", "sampling", "epochs"):
-        choices = axes[fam][key]
-        if len(choices) == 1:
-            chosen[key] = choices[0]
-            continue
-        shared = all(a[key] == choices for a in axes.values())
-        chosen[key] = trial.suggest_categorical(key if shared else f"{key}|{fam}", choices)
-    fam_confs = [c for c in confs if c.method + (f"-{c.rank}" if c.rank is not None else "") == fam]
-    return next(c for c in fam_confs if all(getattr(c, k) == v for k, v in chosen.items()))
-
-
-def _sampler(options: Options):
-    import optuna
-
-    seed = options.extra.get("sampler_seed", 0)
-    if options.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, options.trials)))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, options.trials // 3)))
-
-
-def _load_study(options: Options, storage):
-    import optuna
-
-    return optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=list(DIRECTIONS),
-                               sampler=_sampler(options), load_if_exists=True)
-
-
-def _optuna_loop(ctx: _Context, options: Options, wid: int, events, reporter) -> None:
-    """Take trials until the study holds `trials` finished or running ones (a killed trial is retried)."""
-    import optuna
-
-    confs = [c for c in ctx.space.configurations() if not c.reference]
-    ref = next(c for c in ctx.space.configurations() if c.reference)
-    for seed in ctx.space.seeds:  # the reference first; its file locks make other workers wait for it
-        _do(ctx, ref, seed, wid, events, reporter)
-    study = _load_study(options, open_storage(options.storage))
-    alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-
-    def objective(trial) -> tuple[float, float, float]:
-        conf = suggest(trial, confs)
-        trial.set_user_attr("label", conf.label)
-        for seed in ctx.space.seeds:
-            _do(ctx, conf, seed, wid, events, reporter)
-        rows = summarize([c.as_dict() for c in (ref, conf)], _runs_of(ctx.out, [ref, conf], ctx.space.seeds))
-        row = rows[1]
-        values = (row["learning"]["mean"], row["ppl_ratio"]["mean"], row["forgetting"]["mean"])
-        # a diverged run (perplexity null) or a single task (no forgetting) has no objective value: a failed trial
-        return tuple(float("nan") if v is None else v for v in values)
-
-    failed = optuna.trial.TrialState.FAIL
-    while len(study.get_trials(deepcopy=False, states=alive)) < options.trials:
-        if len(study.get_trials(deepcopy=False, states=(failed,))) >= options.trials:
-            raise CurloraError(f"{options.trials} trials failed; see the log of the first one and fix its cause")
-        study.optimize(objective, n_trials=1, catch=(Exception,))
-
-
-def _optuna(space: Space, out: Path, options: Options, reporter: SweepReporter, failures: list) -> None:
-    _load_study(options, open_storage(options.storage, heartbeat=False))  # created once, before workers race
-    reporter.begin((options.trials + 1) * len(space.seeds), 0)  # the reference's runs, then each trial's
-    if options.jobs == 1:
-        model, tokenizer, suite = _load(space, options.loader)
-        device, env = _device_of(options, 0)
-        os.environ.update(env)
-        _optuna_loop(_Context(space, out, device, model, tokenizer, suite), options, 0, None, reporter)
-        return
-    ctx = mp.get_context("spawn")
-    events = ctx.Queue()
-    _pump(_spawn(space, out, options, None, events, options.jobs), events, reporter, failures)
+    pump(spawn(space, out, options, tasks, events, n), events, reporter, failures)
 
 
 # -- whole sweep ------------------------------------------------------------------------------------------------
@@ -525,6 +309,8 @@ def run_sweep(space: Space, out: str | Path, options: Options | None = None,
     out = Path(out)
     _check_options(options)
     check_folder(out, space, options)
+    if options.search == "optuna":
+        from curlora.recipes.sweep.search_optuna import default_storage, open_storage, run_optuna
     if options.search == "optuna" and options.storage is not None:
         open_storage(options.storage, heartbeat=False)  # a bad URL fails before the folder exists
     out.mkdir(parents=True, exist_ok=True)
@@ -537,13 +323,13 @@ def run_sweep(space: Space, out: str | Path, options: Options | None = None,
     failures: list = []
     t0 = time.perf_counter()
     try:
-        (_optuna if options.search == "optuna" else _grid)(space, out, options, reporter, failures)
+        (run_optuna if options.search == "optuna" else _grid)(space, out, options, reporter, failures)
     finally:
         reporter.end()
     search = {"search": options.search, "jobs": options.jobs, "gpus": options.gpus}
     if options.search == "optuna":
         search |= {"trials": options.trials, "sampler": options.sampler, "storage": _redact(options.storage),
-                   "study": STUDY_NAME}
+                   "study": "curlora-sweep"}
     results = collect(space, out, search, time.perf_counter() - t0)
     results["failures"] = [{"label": f[0], "seed": f[1], "error": f[2]} for f in failures]
     atomic_write_json(out / RESULTS_FILE, results)
