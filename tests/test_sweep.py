@@ -1,6 +1,7 @@
 """`curlora sweep` on a tiny model and a two-task generated suite: grid with two workers, Optuna with two workers on
 SQLite, a SIGKILLed sweep resumed, noisy Pareto fronts on hand-made numbers, and bad inputs."""
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,17 @@ from curlora.recipes.sweep.runner import read_run, run_dir  # noqa: E402
 from curlora.reports.sweep import write_report  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@contextlib.contextmanager
+def one_thread_children():
+    """Worker processes with one OpenMP thread each: two workers on a small CI machine otherwise oversubscribe it."""
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS") if saved is None else os.environ.__setitem__("OMP_NUM_THREADS", saved)
 
 
 def tiny_space(**overrides):
@@ -59,7 +71,8 @@ def per_seed(results: dict) -> dict:
 def grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweeps") / "grid"
     rec = Recorder()
-    results = run_sweep(tiny_space(), out, Options(jobs=2, device="cpu", loader=sweep_tiny.load), rec)
+    with one_thread_children():
+        results = run_sweep(tiny_space(), out, Options(jobs=2, device="cpu", loader=sweep_tiny.load), rec)
     return out, results, rec
 
 
@@ -107,7 +120,7 @@ def test_sigkilled_sweep_resumes_without_redoing_finished_runs(grid, tmp_path):
         from curlora.recipes.sweep import Options, run_sweep
         run_sweep(tiny_space(), {str(out)!r}, Options(jobs=1, device="cpu", loader=sweep_tiny.load))
     """))
-    env = {**os.environ, "PYTHONPATH": SRC}
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     confs = tiny_space().configurations()
@@ -141,8 +154,9 @@ def test_optuna_two_workers_share_one_sqlite_study(tmp_path):
     out = tmp_path / "optuna"
     space = tiny_space(methods=["curlora", "lora"], seeds=[0])
     rec = Recorder()
-    results = run_sweep(space, out, Options(jobs=2, device="cpu", search="optuna", trials=2,
-                                            loader=sweep_tiny.load), rec)
+    with one_thread_children():
+        results = run_sweep(space, out, Options(jobs=2, device="cpu", search="optuna", trials=2,
+                                                loader=sweep_tiny.load), rec)
     assert sorted(set(rec.started_by)) == [0, 1]
     assert (out / "optuna.db").exists()
     study = optuna.load_study(study_name="curlora-sweep", storage=f"sqlite:///{out / 'optuna.db'}")
