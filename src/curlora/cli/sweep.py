@@ -15,6 +15,8 @@ from rich.table import Table
 from curlora.errors import CurloraError
 
 console = Console()
+if not console.is_terminal:  # logs and pipes: full labels on one line rather than rich's 80-column default
+    console.width = 160
 sweep_app = typer.Typer(no_args_is_help=False, help="Search methods × ranks × learning rates for the best "
                         "accuracy-vs-forgetting trade-off (docs/SWEEP.md).")
 
