@@ -310,7 +310,9 @@ def run_sweep(space: Space, out: str | Path, options: Options | None = None,
     _check_options(options)
     check_folder(out, space, options)
     if options.search == "optuna":
-        from curlora.recipes.sweep.search_optuna import default_storage, open_storage, run_optuna
+        from curlora.recipes.sweep.search_optuna import default_storage, open_storage, require_optuna, run_optuna
+
+        require_optuna()
     if options.search == "optuna" and options.storage is not None:
         open_storage(options.storage, heartbeat=False)  # a bad URL fails before the folder exists
     out.mkdir(parents=True, exist_ok=True)

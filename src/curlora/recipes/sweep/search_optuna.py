@@ -15,6 +15,13 @@ from curlora.recipes.sweep.workers import device_of, pump, spawn
 STUDY_NAME = "curlora-sweep"
 DIRECTIONS = ("maximize", "minimize", "minimize")  # learning, perplexity ratio, forgetting
 
+def require_optuna() -> None:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise CurloraError("--search optuna needs Optuna: pip install 'curlora[sweep]'") from None
+
+
 def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'optuna.db').resolve()}"
 
