@@ -1,7 +1,9 @@
 """Methods the bench compares, parsed from specs like `curlora-16`, `lora-4:lr=1e-3`, `head_only`, `full`.
 
-Spec grammar: NAME[-RANK][:key=value[,key=value...]] with keys lr, sampling (curlora only), alpha.
-The spec, as written, is the method's label in results and reports.
+Spec grammar: NAME[-RANK][:key=value[,key=value...]] with keys lr, sampling (CURLoRA and its controls), alpha
+(not vera). NAME may itself hold '-' (`cur-random-16`). The spec, as written, is the method's label in results
+and reports. Controls of CURLoRA's subspace, r² trainable parameters each (docs/METHODS.md): `cur-random-R`,
+`svd-top-R`, `svd-bottom-R`; and PEFT's VeRA, `vera-R`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, VeraConfig, get_peft_model
 from torch import nn
 
 from curlora.cur import check_strategy
@@ -18,8 +20,11 @@ from curlora.errors import CurloraError
 from curlora.models.info import target_layers
 from curlora.tuner.config import CURLoRAConfig, default_target_modules
 
-METHODS = ("curlora", "lora", "head_only", "full")
-_SPEC = re.compile(r"^(?P<name>[a-z_]+?)(?:-(?P<rank>\d+))?(?::(?P<opts>.+))?$")
+#: CURLoRA and its controls: method name -> CURLoRAConfig.basis (`curlora.tuner.basis`)
+CUR_BASES = {"curlora": "cur", "cur-random": "random", "svd-top": "svd-top", "svd-bottom": "svd-bottom"}
+RANKED = (*CUR_BASES, "lora", "vera")
+METHODS = (*RANKED, "head_only", "full")
+_SPEC = re.compile(r"^(?P<name>[a-z_]+(?:-[a-z_]+)*)(?:-(?P<rank>\d+))?(?::(?P<opts>.+))?$")
 
 
 def lora_config(
@@ -46,18 +51,54 @@ def lora_config(
     )
 
 
+def vera_config(
+    r: int,
+    target_modules: list[str] | None = None,
+    model_type: str | None = None,
+    seed: int = 0,
+    **kwargs,
+) -> VeraConfig:
+    """PEFT VeRA on CURLoRA's targets: ΔW = Λ_b·B·Λ_d·A with one frozen random pair A (r × in), B (out × r) shared
+    by all adapted layers, and per layer only the vectors λ_b (out) and λ_d (r) trained — out + r parameters.
+
+    Layers of different shapes (GQA's k/v are narrower than q) use the top-left slices of one pair sized by the
+    largest in and out. λ_b starts at zero, so the model starts as the base. The pair is drawn from `seed` and
+    saved with the adapter (PEFT's default), so loading never depends on regenerating it.
+    """
+    return VeraConfig(
+        r=r,
+        projection_prng_key=seed,
+        save_projection=True,
+        vera_dropout=0.0,
+        bias="none",
+        target_modules=target_modules or default_target_modules(model_type),
+        fan_in_fan_out=model_type == "gpt2",
+        **kwargs,
+    )
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     label: str
     method: str
     rank: int | None = None
     lr: float | None = None  # None: the preset's learning rate
-    sampling: str | None = None  # curlora only
+    sampling: str | None = None  # CURLoRA and its controls only
     alpha: float | None = None
 
     @property
     def has_adapter(self) -> bool:
-        return self.method in ("curlora", "lora")
+        return self.method in RANKED
+
+    @property
+    def takes_sampling(self) -> bool:
+        """Whether a `sampling=` option applies (CURLoRA and its controls)."""
+        return self.method in CUR_BASES
+
+    @property
+    def takes_alpha(self) -> bool:
+        """Whether an `alpha=` option changes anything (VeRA has no scale; head_only/full have no adapter)."""
+        return self.has_adapter and self.method != "vera"
 
 
 def parse_method(spec: str) -> MethodSpec:
@@ -65,11 +106,11 @@ def parse_method(spec: str) -> MethodSpec:
     m = _SPEC.match(spec)
     if not m or m.group("name") not in METHODS:
         raise CurloraError(
-            f"unknown method {spec!r}; use one of curlora-R, lora-R, head_only, full "
+            f"unknown method {spec!r}; use one of {', '.join(f'{n}-R' for n in RANKED)}, head_only, full "
             "(R a rank, e.g. curlora-16; options like curlora-16:lr=1e-3,sampling=uniform)"
         )
     name, rank = m.group("name"), m.group("rank")
-    if name in ("curlora", "lora") and rank is None:
+    if name in RANKED and rank is None:
         raise CurloraError(f"method {spec!r} needs a rank, e.g. {name}-16")
     if name in ("head_only", "full") and rank is not None:
         raise CurloraError(f"method {name} takes no rank; write {name!r}")
@@ -77,9 +118,9 @@ def parse_method(spec: str) -> MethodSpec:
     for opt in filter(None, (m.group("opts") or "").split(",")):
         key, _, value = opt.partition("=")
         try:
-            if key in ("lr", "alpha"):
+            if key == "lr" or (key == "alpha" and name != "vera"):  # VeRA has no scale to set
                 fields[key] = float(value)
-            elif key == "sampling" and name == "curlora":
+            elif key == "sampling" and name in CUR_BASES:
                 check_strategy(value)
                 fields[key] = value
             else:
@@ -107,15 +148,24 @@ def wrap_model(
     """Make `model` trainable the way `spec` says. Returns the model to train (a PeftModel for adapters)."""
     model.requires_grad_(False)
     alpha = spec.alpha if spec.alpha is not None else alpha
-    if spec.method == "curlora":
+    if spec.method in CUR_BASES:
         config = CURLoRAConfig(
-            r=spec.rank, alpha=alpha, target_modules=target_modules, sampling=spec.sampling or sampling, seed=seed
+            r=spec.rank,
+            alpha=alpha,
+            target_modules=target_modules,
+            sampling=spec.sampling or sampling,
+            seed=seed,
+            basis=CUR_BASES[spec.method],
         )
         return get_peft_model(model, config)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
     if spec.method == "lora":
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
         return get_peft_model(
             model, lora_config(spec.rank, alpha, target_modules=target_modules, model_type=model_type)
+        )
+    if spec.method == "vera":
+        return get_peft_model(
+            model, vera_config(spec.rank, target_modules=target_modules, model_type=model_type, seed=seed)
         )
     if spec.method == "full":
         for layer in target_layers(model, target_modules):

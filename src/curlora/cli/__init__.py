@@ -61,6 +61,7 @@ from curlora.cli.merge import merge  # noqa: E402
 from curlora.cli.report import report  # noqa: E402
 from curlora.cli.sft import sft  # noqa: E402
 from curlora.cli.study import study_report  # noqa: E402
+from curlora.cli.sweep import sweep_app  # noqa: E402
 
 app.command()(bench)
 app.command()(report)
@@ -69,3 +70,4 @@ app.command(name="study-report")(study_report)
 app.command()(info)
 app.add_typer(data_app, name="data")
 app.command()(sft)
+app.add_typer(sweep_app, name="sweep")

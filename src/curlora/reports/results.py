@@ -32,7 +32,7 @@ Top level (a JSON object):
         as such.
     ``complete`` (bool or null)
         Optional; ``false`` marks a run as unfinished even when every stage has a row.
-    ``method`` (``curlora`` | ``lora`` | ``head_only`` | ``full``), ``rank`` (int or null),
+    ``method`` (a name of ``curlora.methods.METHODS``), ``rank`` (int or null),
     ``sampling`` (str or null), ``lr`` (float), ``seed`` (int)
         Describe the run.
     ``ppl_before``, ``ppl_after`` (float or null)

@@ -9,6 +9,7 @@ from peft.utils.peft_types import PeftType
 
 from curlora.cur import SAMPLING_STRATEGIES, check_strategy
 from curlora.errors import CurloraError
+from curlora.tuner.basis import BASES, check_basis
 from curlora.tuner.enum_ext import extend_str_enum
 
 #: PEFT's PeftType is a closed enum: CURLoRA adds its member once, at import.
@@ -52,6 +53,9 @@ class CURLoRAConfig(PeftConfig):
         reuse_base_output: take x·Rᵀ from the base layer's output (R holds rows of W) instead of a GEMM over x;
             the same numbers, less work. Turn off only if you change the base weights in place while the
             adapter is attached (unsupported anyway: loading rebuilds C and R from them).
+        basis: what C and R are: "cur" (CURLoRA: the sampled columns and rows of W), or a control with the same
+            r² trainable parameters — "random" (Gaussian, the sampled C's and R's norms), "svd-top" /
+            "svd-bottom" (W's top / bottom r singular vectors at those norms). See `curlora.tuner.basis`.
     """
 
     r: int = field(default=8, metadata={"help": "Rank: number of columns of C, rows of R; U is r × r."})
@@ -68,6 +72,7 @@ class CURLoRAConfig(PeftConfig):
     reuse_base_output: bool = field(
         default=True, metadata={"help": "Take x·Rᵀ from the base output (R = rows of W) instead of a GEMM over x."}
     )
+    basis: str = field(default="cur", metadata={"help": f"C and R: one of {', '.join(BASES)}."})
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules trained and saved whole (e.g. a classification head)."}
     )
@@ -80,6 +85,7 @@ class CURLoRAConfig(PeftConfig):
         if not isinstance(self.r, int) or self.r <= 0:
             raise CurloraError(f"r must be a positive integer, got {self.r!r}")
         check_strategy(self.sampling)
+        check_basis(self.basis)
         if self.u_dtype not in U_DTYPES:
             raise CurloraError(f"unknown u_dtype {self.u_dtype!r}; choose one of: {', '.join(U_DTYPES)}")
         if isinstance(self.target_modules, list | tuple):

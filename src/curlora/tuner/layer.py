@@ -29,7 +29,7 @@ from transformers.pytorch_utils import Conv1D
 
 from curlora import cur
 from curlora.errors import CurloraError
-from curlora.tuner import kernels
+from curlora.tuner import basis, kernels
 
 
 def _scaled_u(u: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
@@ -92,6 +92,8 @@ class CURLoRALayer(BaseTunerLayer):
     other_param_names = (
         "curlora_alpha",
         "curlora_reuse_base_output",
+        "curlora_basis",
+        "curlora_layer_seed",
         "curlora_cols",
         "curlora_rows",
         "curlora_fingerprint",
@@ -104,6 +106,9 @@ class CURLoRALayer(BaseTunerLayer):
         self.curlora_U = nn.ParameterDict({})
         self.curlora_alpha: dict[str, float] = {}
         self.curlora_reuse_base_output: dict[str, bool] = {}
+        # which C and R (`curlora.tuner.basis`) and the layer's seed they are rebuilt from; the config holds both
+        self.curlora_basis: dict[str, str] = {}
+        self.curlora_layer_seed: dict[str, int] = {}
         # indices and fingerprint are saved; the fingerprint's float64 bits are stored as int64 so that
         # `.half()` or `.to(bf16)` on the model cannot round it
         self.curlora_cols = BufferDict({}, persistent=True)
@@ -148,7 +153,11 @@ class CURLoRALayer(BaseTunerLayer):
         except CurloraError as err:
             raise CurloraError(f"{layer_name or 'layer'}: {err}") from None
         self.curlora_alpha[adapter_name] = float(config.alpha)
-        self.curlora_reuse_base_output[adapter_name] = bool(config.reuse_base_output)
+        adapter_basis = config.basis
+        self.curlora_basis[adapter_name] = adapter_basis
+        self.curlora_layer_seed[adapter_name] = seed
+        # only CUR's R holds rows of W: the other bases take x·Rᵀ from x (and stay out of the q/k/v group)
+        self.curlora_reuse_base_output[adapter_name] = bool(config.reuse_base_output) and adapter_basis == "cur"
         self.curlora_cols[adapter_name] = selection.cols
         self.curlora_rows[adapter_name] = selection.rows
         u_dtype = getattr(torch, config.u_dtype)  # a name from config.U_DTYPES
@@ -176,7 +185,8 @@ class CURLoRALayer(BaseTunerLayer):
                 f"adapter {adapter_name!r} indexes outside this {out_f} × {in_f} weight: it was made for a "
                 "different base model; load it onto the model it was trained on"
             )
-        c, r = cur.cur_factors(weight, cur.CURSelection(cols=cols, rows=rows))
+        selection = cur.CURSelection(cols=cols, rows=rows)
+        c, r = basis.factors(weight, selection, self.curlora_basis[adapter_name], self.curlora_layer_seed[adapter_name])
         self.curlora_C[adapter_name] = c
         self.curlora_R[adapter_name] = r
         # indices live with the weight so that save/load and DDP see one device
@@ -195,8 +205,8 @@ class CURLoRALayer(BaseTunerLayer):
             now = self._current_fingerprint(name).cpu().view(torch.float64)
             if not cur.fingerprints_match(saved, now):
                 raise CurloraError(
-                    f"adapter {name!r} does not match this base model: the weights at its saved column/row "
-                    f"indices differ (fingerprint {saved.tolist()} vs {now.tolist()}); load it onto the base "
+                    f"adapter {name!r} does not match this base model: the C and R rebuilt from its weights "
+                    f"differ (fingerprint {saved.tolist()} vs {now.tolist()}); load it onto the base "
                     "model it was trained on"
                 )
 

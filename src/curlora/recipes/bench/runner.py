@@ -263,7 +263,7 @@ class Bench:
             "label": spec.label,
             "method": spec.method,
             "rank": spec.rank,
-            "sampling": (spec.sampling or cfg.sampling) if spec.method == "curlora" else None,
+            "sampling": (spec.sampling or cfg.sampling) if spec.takes_sampling else None,
             "lr": lr,
             "seed": seed,
             "acc": [],
