@@ -29,7 +29,7 @@ from transformers.pytorch_utils import Conv1D
 
 from curlora import cur
 from curlora.errors import CurloraError
-from curlora.tuner import kernels
+from curlora.tuner import kernels, mixed
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -248,10 +248,16 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         self.register_load_state_dict_post_hook(lambda module, _keys: module._after_load())
         # q, k and v of one block, set by CURLoRAModel (`curlora.tuner.group`); a plain attribute, not a submodule
         self._shared_input_group = None
+        # per-row factor stacks of mixed-adapter batches, kept for one model call (`curlora.tuner.mixed`)
+        self._mixed_banks: dict | None = None
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # Only Python-side, non-data-dependent branches (flags, adapter names, dtypes), so that
         # torch.compile(fullgraph=True) traces this without graph breaks (tests/test_compile.py).
+        if kwargs and "adapter_names" in kwargs:
+            adapter_names = kwargs.pop("adapter_names")
+            if adapter_names is not None and not self.disable_adapters:
+                return mixed.mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
         group = self._shared_input_group if not args and not kwargs else None
         if group is not None and group.members[0] is not self:
             taken = group.take(self, x)  # computed by the group's leader for this very input
