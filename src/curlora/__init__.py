@@ -15,6 +15,7 @@ from curlora.tuner import (
     default_target_modules,
     delta_norm_ratios,
 )
+from curlora.tuner.export import export_lora
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "load_adapter",
     "default_target_modules",
     "delta_norm_ratios",
+    "export_lora",
     "load_model",
     "lora_config",
 ]

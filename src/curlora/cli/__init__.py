@@ -74,3 +74,7 @@ app.add_typer(data_app, name="data")
 from curlora.cli.sft import sft  # noqa: E402
 
 app.command()(sft)
+
+from curlora.cli.export import export_lora  # noqa: E402
+
+app.command(name="export-lora")(export_lora)
