@@ -48,27 +48,30 @@ class _Bank:
         self.empty = not unique
         if self.empty:
             return
-        rank = max(layer.curlora_U[n].shape[0] for n in unique)
-        slot = {n: i + 1 for i, n in enumerate(unique)}  # slot 0: zero adapter for base rows
+        slot = {n: i + 1 for i, n in enumerate(unique)}  # slot 0: a zero adapter for base rows
         index = torch.tensor([slot.get(n, 0) for n in names], device=device)
         dtype = layer.curlora_C[unique[0]].dtype
+        ranks = [layer.curlora_U[n].shape[0] for n in unique]
+        rank = max(ranks)
 
-        def pad(t: torch.Tensor, *widths: int) -> torch.Tensor:
-            return F.pad(t, widths) if any(widths) else t
+        def stacked(tensors: list[torch.Tensor], widths) -> torch.Tensor:
+            """One stack (padded to the largest rank where ranks differ) with a zero slot 0 in front: a few
+            ops per layer whatever the number of adapters, not a few per adapter."""
+            if any(k != rank for k in ranks):
+                tensors = [F.pad(t, widths(rank - k)) for t, k in zip(tensors, ranks, strict=True)]
+            bank = torch.stack(tensors)
+            return F.pad(bank, (0, 0) * (bank.dim() - 1) + (1, 0))
 
-        us, cs, rs, rows = [], [], [], []
-        for n in unique:
-            k = layer.curlora_U[n].shape[0]
-            ua = (layer.curlora_alpha[n] * layer.curlora_U[n].detach()).to(dtype)
-            us.append(pad(ua.t(), 0, rank - k, 0, rank - k))  # (αU)ᵀ, r × r
-            cs.append(pad(layer.curlora_C[n].t(), 0, 0, 0, rank - k))  # Cᵀ, r × out
-            rs.append(pad(layer.curlora_R[n].t(), 0, rank - k))  # Rᵀ, in × r
-            rows.append(pad(layer.curlora_rows[n], 0, rank - k))
-        zero = torch.zeros_like
-        self.ut = torch.stack([zero(us[0]), *us]).index_select(0, index)  # (B, r, r)
-        self.ct = torch.stack([zero(cs[0]), *cs]).index_select(0, index)  # (B, r, out)
-        self._rs, self._index, self._rt = rs, index, None
-        self.rows = torch.stack([zero(rows[0]), *rows]).index_select(0, index)  # (B, r)
+        u = stacked([layer.curlora_U[n].detach() for n in unique], lambda d: (0, d, 0, d))
+        alphas = [layer.curlora_alpha[n] for n in unique]
+        if any(a != 1.0 for a in alphas):
+            u = u * torch.tensor([1.0, *alphas], dtype=u.dtype, device=u.device).view(-1, 1, 1)
+        self.ut = u.to(dtype).transpose(1, 2).index_select(0, index)  # (B, r, r): (αU)ᵀ per row
+        c = stacked([layer.curlora_C[n] for n in unique], lambda d: (0, d))
+        self.ct = c.transpose(1, 2).index_select(0, index)  # (B, r, out)
+        self.rows = stacked([layer.curlora_rows[n] for n in unique], lambda d: (0, d)).index_select(0, index)
+        self._r = [layer.curlora_R[n] for n in unique]
+        self._ranks, self._index, self._rt = ranks, index, None
         bias = layer.base_layer.bias
         self.bias_rows = None if bias is None else bias.detach()[self.rows].to(dtype).unsqueeze(1)  # (B, 1, r)
         # x·Rᵀ read off the base output only where every adapter of the batch allows it (as `forward` decides)
@@ -78,8 +81,10 @@ class _Bank:
     def rt(self) -> torch.Tensor:
         """Per-row Rᵀ (B, in, r), built only where x·Rᵀ cannot be read off the base output."""
         if self._rt is None:
-            rs = self._rs
-            self._rt = torch.stack([torch.zeros_like(rs[0]), *rs]).index_select(0, self._index)
+            rank = max(self._ranks)
+            rs = [F.pad(r, (0, 0, 0, rank - k)) if k != rank else r for r, k in zip(self._r, self._ranks, strict=True)]
+            bank = F.pad(torch.stack(rs), (0, 0, 0, 0, 1, 0))
+            self._rt = bank.transpose(1, 2).index_select(0, self._index)
         return self._rt
 
 
