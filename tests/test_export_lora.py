@@ -142,3 +142,23 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, monkeypatch
         export_lora(adapter, out, base)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no half-written temporary left
+
+
+def test_modules_to_save_are_carried_over(tmp_path):
+    base = save_tiny_model(tmp_path / "base", "llama")
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base).eval(), CURLoRAConfig(r=4, modules_to_save=["norm"])
+    )
+    for name, param in model.named_parameters():
+        if "curlora_U" in name:
+            param.data.normal_(0.0, 0.5)
+        elif "modules_to_save" in name:
+            param.data.mul_(1.5)  # a trained copy of the final norm
+    with torch.no_grad():
+        expected = model(input_ids=IDS).logits
+    model.save_pretrained(tmp_path / "curlora")
+    export_lora(tmp_path / "curlora", tmp_path / "lora")
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["modules_to_save"] == ["norm"]
+    lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "lora").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(lora(input_ids=IDS).logits, expected, rtol=1e-5, atol=2e-5)
