@@ -110,6 +110,8 @@ class SharedInputGroup:
         leader, *followers = self.members
         c = leader.curlora_C[name]
         fused = leader._fused_kernels(result, c.shape[1])
+        if not fused and not torch.is_grad_enabled():
+            return None  # the torch ops without autograd: the group saves no node, only adds Python (measured)
         names = [name] + [m._single_base_output_adapter() for m in followers]
         if any(n is None for n in names):
             return None
