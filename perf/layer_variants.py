@@ -8,7 +8,7 @@ They all compute y = base(x) + α·((x·Rᵀ)·Uᵀ)·Cᵀ; they differ only in 
 - ``library``: whatever `curlora.tuner.layer.CURLoRALinear.forward` does now (x·Rᵀ taken from the base output
   where that is exact, see the module docstring of `curlora.tuner.layer`).
 - ``ungrouped``: the library's forward with its q/k/v groups unlinked (`curlora.tuner.group`): each
-  projection's adapter is its own kernel launch, as before the groups.
+  projection's adapter is its own kernel launch (compiled) or its own autograd node (eager), as before the groups.
 - ``torch``: the library's base-output path as torch ops, never the Triton kernels of
   `curlora.tuner.kernels` (what the library ran on CUDA before those kernels).
 - ``triton``: the Triton kernels also in eager mode (the library uses them only under torch.compile).
@@ -123,6 +123,6 @@ def use(model: nn.Module, name: str) -> nn.Module:
     for module in model.modules():
         if isinstance(module, CURLoRALinear):
             module.__class__ = CLASSES[name]
-            if name == "ungrouped":
+            if name in ("ungrouped", "reduce"):  # reduce overrides the per-layer path, which a group bypasses
                 module._shared_input_group = None
     return model

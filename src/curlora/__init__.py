@@ -15,6 +15,7 @@ from curlora.tuner import (
     CURLoRAModel,
     default_target_modules,
 )
+from curlora.tuner.export import export_lora
 from curlora.tuner.saved import adapter_bytes, check_adapter_dir, load_adapter
 
 __version__ = package_version()
@@ -38,6 +39,7 @@ __all__ = [
     "load_adapter",
     "default_target_modules",
     "delta_norm_ratios",
+    "export_lora",
     "load_model",
     "lora_config",
 ]

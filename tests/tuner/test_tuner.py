@@ -333,7 +333,7 @@ def test_reuse_base_output_is_saved_and_an_older_config_without_it_loads(tmp_pat
 
 def test_qkv_of_each_block_are_linked_into_one_group_after_injection_and_loading(tmp_path):
     """Each block's adapted q/k/v share one group (`curlora.tuner.group`); a block without all three has none.
-    On CPU the group never runs (no fused kernels), so outputs are the per-layer ones either way."""
+    Its numbers equal the per-layer ones (tests/test_eager_group.py, test_kernels.check_groups)."""
     from curlora.tuner.layer import CURLoRALinear
 
     def groups(model):

@@ -56,6 +56,7 @@ def run() -> None:
 
 from curlora.cli.bench import bench  # noqa: E402
 from curlora.cli.data import data_app  # noqa: E402
+from curlora.cli.export import export_lora  # noqa: E402
 from curlora.cli.info import info  # noqa: E402
 from curlora.cli.merge import merge  # noqa: E402
 from curlora.cli.report import report  # noqa: E402
@@ -71,3 +72,4 @@ app.command()(info)
 app.add_typer(data_app, name="data")
 app.command()(sft)
 app.add_typer(sweep_app, name="sweep")
+app.command(name="export-lora")(export_lora)

@@ -29,12 +29,14 @@ from transformers.pytorch_utils import Conv1D
 
 from curlora import cur
 from curlora.errors import CurloraError
-from curlora.tuner import basis, kernels
+from curlora.tuner import basis, kernels, mixed
 
 
 def _scaled_u(u: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
     """α·U in the factors' dtype: α is folded into the r × r matrix, never applied to an activation."""
-    return (u if alpha == 1.0 else alpha * u).to(dtype)
+    if alpha != 1.0:
+        u = alpha * u
+    return u if u.dtype == dtype else u.to(dtype)  # no dispatch for a no-op cast: eager steps are host-bound
 
 
 class _FromBaseOutput(torch.autograd.Function):
@@ -57,7 +59,7 @@ class _FromBaseOutput(torch.autograd.Function):
         if bias_rows is not None:
             t = t - bias_rows
         ua = _scaled_u(u, alpha, c.dtype)
-        return torch.addmm(y2, t.mm(ua.t()), c.t()).view(y.shape), t, ua
+        return torch.addmm(y2, F.linear(t, ua), c.t()).view(y.shape), t, ua
 
     @staticmethod
     def forward(ctx, y, c, u, rows, bias_rows, alpha: float, fused: bool):
@@ -70,21 +72,32 @@ class _FromBaseOutput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         t, u_or_ua, c, rows = ctx.saved_tensors
-        g2 = grad_out.reshape(-1, c.shape[0])
         need_y, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         if ctx.fused:
+            g2 = grad_out.reshape(-1, c.shape[0])
             grad_y, grad_u = kernels.backward(g2, t, c, u_or_ua, rows, ctx.alpha, need_grad_y=need_y)
             grad_y = None if grad_y is None else grad_y.view(grad_out.shape)
             return grad_y, None, grad_u.to(ctx.u_dtype) if need_u else None, None, None, None, None
+        grad_y, grad_u = _FromBaseOutput.torch_backward(
+            grad_out, t, u_or_ua, c, rows, ctx.alpha, ctx.u_dtype, need_y, need_u
+        )
+        return grad_y, None, grad_u, None, None, None, None
+
+    @staticmethod
+    def torch_backward(grad_out, t, ua, c, rows, alpha: float, u_dtype, need_y: bool, need_u: bool):
+        """(grad_y, grad_u) as torch ops; also the eager q/k/v group's backward (`curlora.tuner.group`)."""
+        g2 = grad_out.reshape(-1, c.shape[0])
         gh = g2.mm(c)
         grad_y = grad_u = None
         if need_u:
-            grad_u = gh.t().mm(t).to(ctx.u_dtype)
-            if ctx.alpha != 1.0:
-                grad_u = grad_u * ctx.alpha
+            grad_u = gh.t().mm(t)
+            if grad_u.dtype != u_dtype:
+                grad_u = grad_u.to(u_dtype)
+            if alpha != 1.0:
+                grad_u = grad_u * alpha
         if need_y:
-            grad_y = g2.index_add(1, rows, gh.mm(u_or_ua)).view(grad_out.shape)
-        return grad_y, None, grad_u, None, None, None, None
+            grad_y = g2.index_add(1, rows, gh.mm(ua)).view(grad_out.shape)
+        return grad_y, grad_u
 
 
 class CURLoRALayer(BaseTunerLayer):
@@ -256,10 +269,16 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         self.register_load_state_dict_post_hook(lambda module, _keys: module._after_load())
         # q, k and v of one block, set by CURLoRAModel (`curlora.tuner.group`); a plain attribute, not a submodule
         self._shared_input_group = None
+        # per-row factor stacks of mixed-adapter batches, kept for one model call (`curlora.tuner.mixed`)
+        self._mixed_banks: dict | None = None
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # Only Python-side, non-data-dependent branches (flags, adapter names, dtypes), so that
         # torch.compile(fullgraph=True) traces this without graph breaks (tests/test_compile.py).
+        if kwargs and "adapter_names" in kwargs:
+            adapter_names = kwargs.pop("adapter_names")
+            if adapter_names is not None and not self.disable_adapters:
+                return mixed.mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
         group = self._shared_input_group if not args and not kwargs else None
         if group is not None and group.members[0] is not self:
             taken = group.take(self, x)  # computed by the group's leader for this very input

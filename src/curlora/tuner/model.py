@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
@@ -11,6 +13,7 @@ from curlora.errors import CurloraError
 from curlora.tuner.config import DEFAULT_TARGET_MODULES, CURLoRAConfig
 from curlora.tuner.group import link_shared_input_groups
 from curlora.tuner.layer import CURLoRALayer, CURLoRALinear
+from curlora.tuner.mixed import adapter_names_hooks
 
 
 class CURLoRAModel(BaseTuner):
@@ -30,6 +33,13 @@ class CURLoRAModel(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         link_shared_input_groups(model, CURLoRALinear)  # q/k/v of a block: one kernel launch each way
+
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """`adapter_names=[...]` in forward/generate: one adapter (or "__base__") per row (`curlora.tuner.mixed`)."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            return contextlib.nullcontext()
+        return adapter_names_hooks(self, CURLoRALayer, adapter_names, num_beams=kwargs.get("num_beams"))
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs):
         if current_key is None:

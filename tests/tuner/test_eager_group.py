@@ -1,0 +1,52 @@
+"""The q/k/v group without fused kernels (eager, CPU): one autograd node per block, the per-layer numbers."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from curlora import CURLoRAConfig
+from curlora.testing import tiny_llama
+from curlora.tuner import group as group_module
+from curlora.tuner.layer import CURLoRALinear
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.5])
+def test_eager_group_matches_the_layers_alone_forward_backward_and_inference(monkeypatch, alpha):
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(num_layers=2), CURLoRAConfig(r=4, alpha=alpha))
+    layers = [m for m in model.modules() if isinstance(m, CURLoRALinear)]
+    for layer in layers:
+        layer.curlora_U["default"].data.normal_(std=0.5)
+    ids = torch.randint(3, 300, (2, 12))
+    led = []
+    lead = group_module.SharedInputGroup.lead
+
+    def counting_lead(self, *args):
+        out = lead(self, *args)
+        led.append(out is not None)
+        return out
+
+    monkeypatch.setattr(group_module.SharedInputGroup, "lead", counting_lead)
+    monkeypatch.setattr(group_module.kernels, "usable", lambda *a, **k: False)  # the torch ops, as on a GPU eagerly
+
+    def run():
+        model.zero_grad()
+        emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=emb).logits
+        logits.square().mean().backward()
+        with torch.no_grad():
+            infer = model(input_ids=ids).logits
+        return [logits.detach(), infer, emb.grad] + [m.curlora_U["default"].grad.clone() for m in layers]
+
+    grouped = run()
+    assert led == [True, True, False, False]  # two blocks: grouped with autograd, per layer without grad
+    assert all(m._shared_input_group._input is None for m in layers)  # nothing held after the forward
+    groups = [m._shared_input_group for m in layers]
+    for layer in layers:
+        layer._shared_input_group = None
+    alone = run()
+    for layer, g in zip(layers, groups, strict=True):
+        layer._shared_input_group = g
+    for i, (a, b) in enumerate(zip(grouped, alone, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=f"tensor {i}")
+    assert all(u.abs().max() > 0 for u in alone[3:])  # gradients reach every U
