@@ -195,12 +195,16 @@ class CURLoRALayer(BaseTunerLayer):
             self._build_factors(name)
             saved = self.curlora_fingerprint[name].detach().cpu().view(torch.float64)
             now = self._current_fingerprint(name).cpu().view(torch.float64)
-            if not cur.fingerprints_match(saved, now):
+            # widened by CURLoRAModel for an adapter made on a base quantized differently (docs/QUANTIZED.md)
+            rtol = getattr(self, "_curlora_fingerprint_rtol", {}).get(name)
+            if not cur.fingerprints_match(saved, now, **({} if rtol is None else {"rtol": rtol})):
                 raise CurloraError(
                     f"adapter {name!r} does not match this base model: the weights at its saved column/row "
                     f"indices differ (fingerprint {saved.tolist()} vs {now.tolist()}); load it onto the base "
                     "model it was trained on"
                 )
+            if rtol is not None:  # from now on the adapter belongs to this base: save its fingerprint
+                self.curlora_fingerprint[name] = self._current_fingerprint(name)
 
     # -- math -------------------------------------------------------------------------------------------------
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
