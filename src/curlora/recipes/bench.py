@@ -40,6 +40,7 @@ from curlora.errors import CurloraError
 from curlora.io import atomic_dir, atomic_write_json, safe_name
 from curlora.metrics import perplexity
 from curlora.models import parse_dtype
+from curlora.quantize import check_quantize
 from curlora.recipes.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
 from curlora.recipes.presets import PRESETS
 from curlora.tuner.config import default_target_modules
@@ -75,6 +76,7 @@ class BenchConfig:
     target_modules: list[str] | None = None
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str | None = None  # "4bit" / "8bit": a bitsandbytes base (curlora.quantize)
 
     def result_key(self) -> dict:
         """The fields that change the numbers (a resumed run must match them); device placement excluded."""
@@ -110,6 +112,9 @@ def make_config(preset: str = "quick", **overrides) -> BenchConfig:
             raise CurloraError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not config.seeds:
         raise CurloraError("no seeds given; e.g. --seeds 0,1,2")
+    config.quantize = check_quantize(config.quantize)
+    if config.quantize and any(s.method == "full" for s in specs):
+        raise CurloraError(f"--quantize {config.quantize} freezes the base; drop 'full' from --methods")
     return config
 
 
@@ -163,14 +168,18 @@ class Bench:
             self.reporter = Reporter()  # progress and stage summaries come from rank 0 alone
         self._check_out_dir(overwrite)
         self.suite = suite if suite is not None else load_suite(config.suite, config.data_dir)
+        home = torch.device("cpu") if self.dist.fsdp else self.device
         if model is None:
-            model, tokenizer = curlora.load_model(config.model)
+            # a quantized base is placed and cast by from_pretrained (bitsandbytes models refuse .to(dtype))
+            kw = dict(quantize=config.quantize, dtype=self.dtype, device=home) if config.quantize else {}
+            model, tokenizer = curlora.load_model(config.model, **kw)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # frozen copy of the base: every method and seed starts from exactly these weights (with FSDP it waits in
         # host memory, and each working copy is sharded as soon as it is on the GPU)
-        home = torch.device("cpu") if self.dist.fsdp else self.device
-        self.base = model.to(home, dtype=self.dtype).eval().requires_grad_(False)
+        if not getattr(model, "is_quantized", False):
+            model = model.to(home, dtype=self.dtype)
+        self.base = model.eval().requires_grad_(False)
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         self.targets = list(config.target_modules or default_target_modules(model_type))
         for spec in self.specs:

@@ -96,6 +96,7 @@ class SFTRecipeConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str | None = None  # "4bit" / "8bit": a bitsandbytes base (curlora.quantize)
     save_steps: int = 50
     save_total_limit: int | None = 2
     logging_steps: int = 10
@@ -109,6 +110,9 @@ class SFTRecipeConfig:
         return json.loads(json.dumps(d))
 
     def validate(self) -> None:
+        from curlora.quantize import check_quantize
+
+        self.quantize = check_quantize(self.quantize)
         if not self.data:
             raise CurloraError("no data given; pass --data PATH/TO/dev-v2.0.json (or a hub id such as squad_v2)")
         for name in ("rank", "batch_size", "grad_accum", "max_new_tokens", "eval_batch_size", "ppl_max_length"):
@@ -302,7 +306,9 @@ def _markdown(results: dict) -> str:
             f"{num(r, 'train_loss', '.3f')} | {num(r, 'train_steps', 'd')} | {num(r, 'train_s', '.0f')} |"
         )
     env = results.get("environment", {})
-    lines += ["", f"Device: {env.get('device_name', '?')}; dtype {results.get('dtype', '?')}.", ""]
+    quantized = results.get("config", {}).get("quantize")
+    base = f"; {quantized} base (bitsandbytes)" if quantized else ""
+    lines += ["", f"Device: {env.get('device_name', '?')}; dtype {results.get('dtype', '?')}{base}.", ""]
     return "\n".join(lines)
 
 
@@ -416,13 +422,18 @@ class SFTRun:
     # -- pieces -------------------------------------------------------------------------------------------------
     def _load(self):
         if self._model is None:
-            self._model, self._tokenizer = curlora.load_model(self.config.model)
+            quantize = self.config.quantize  # placed and cast by from_pretrained: bnb models refuse .to(dtype)
+            kw = dict(quantize=quantize, dtype=self.dtype, device=self.device) if quantize else {}
+            self._model, self._tokenizer = curlora.load_model(self.config.model, **kw)
         elif self._tokenizer is None:
             raise CurloraError("pass the tokenizer together with the model")
         tok = self._tokenizer
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        base = self._model.to(self.device, dtype=self.dtype).eval().requires_grad_(False)
+        base = self._model
+        if not getattr(base, "is_quantized", False):
+            base = base.to(self.device, dtype=self.dtype)
+        base = base.eval().requires_grad_(False)
         return base, tok
 
     def _ppl_ids(self, tokenizer) -> tuple[torch.Tensor, str]:
