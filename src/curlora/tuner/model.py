@@ -14,9 +14,10 @@ from curlora.tuner.config import DEFAULT_TARGET_MODULES, CURLoRAConfig
 from curlora.tuner.group import link_shared_input_groups
 from curlora.tuner.layer import _DTYPES, CURLoRALayer, CURLoRALinear
 
-#: fingerprint tolerance when an adapter made on one quantization of a base is loaded onto another: nf4/fp4 move
-#: the four fingerprint numbers by up to ~2.5 % on random-init layers (docs/QUANTIZED.md), 2 % is the usual check
-CROSS_QUANTIZATION_RTOL = 0.10
+#: fingerprint tolerance when an adapter made on one quantization of a base is loaded onto another (the usual check
+#: is 2 %): on SmolLM2-135M, C's absolute sum moves by up to 5 % (nf4) and 20 % (fp4), because block-wise rounding
+#: crushes the low-norm columns inverted sampling picks (docs/QUANTIZED.md, perf/quant_accuracy.py)
+CROSS_QUANTIZATION_RTOL = 0.25
 
 
 class CURLoRAModel(BaseTuner):
