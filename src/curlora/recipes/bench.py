@@ -169,6 +169,8 @@ class Bench:
         self._check_out_dir(overwrite)
         self.suite = suite if suite is not None else load_suite(config.suite, config.data_dir)
         home = torch.device("cpu") if self.dist.fsdp else self.device
+        if config.quantize and self.dist.fsdp:
+            raise CurloraError("--quantize with FSDP is not supported; run one process per GPU without FSDP")
         if model is None:
             # a quantized base is placed and cast by from_pretrained (bitsandbytes models refuse .to(dtype))
             kw = dict(quantize=config.quantize, dtype=self.dtype, device=home) if config.quantize else {}
