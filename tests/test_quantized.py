@@ -251,3 +251,22 @@ def test_bench_with_a_4bit_base_records_it(folder, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["quantize"] == "4bit"
     assert all(run["complete"] for run in results["runs"])
     assert "4bit base (bitsandbytes)" in write_report(tmp_path / "run").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--quantize", "3bit"], "'3bit' is not supported; choose 4bit or 8bit"),
+        (["bench", "--quantize", "4bit", "--methods", "curlora-4,full"], "drop 'full'"),
+    ],
+)
+def test_cli_refuses_bad_quantize_before_writing(args, message, tmp_path):
+    from typer.testing import CliRunner
+
+    from curlora.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [*args, "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
