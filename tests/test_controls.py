@@ -38,7 +38,7 @@ def _layers(model):
 
 def _sampled(layer, name):
     """The C and R that CURLoRA (basis "cur") would use for this layer, computed independently."""
-    weight = layer._weight_view()
+    weight = layer.dense_weight()
     selection = cur.cur_select(weight, R, "inverted", seed=cur.layer_seed(SEED, name))
     return cur.cur_factors(weight, selection)
 
@@ -78,7 +78,7 @@ def test_cur_random_has_the_sampled_norms_but_not_the_sampled_factors(arch):
 
 
 def _sampled_indices(layer, name):
-    sel = cur.cur_select(layer._weight_view(), R, "inverted", seed=cur.layer_seed(SEED, name))
+    sel = cur.cur_select(layer.dense_weight(), R, "inverted", seed=cur.layer_seed(SEED, name))
     return sel.cols.tolist(), sel.rows.tolist()
 
 
@@ -92,7 +92,7 @@ def _projector(basis_vectors):
 def test_svd_factors_span_the_chosen_singular_subspaces(arch, which):
     model = _wrapped(which, arch)
     for name, layer in _layers(model):
-        w = layer._weight_view().detach().double()
+        w = layer.dense_weight().detach().double()
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         k = s.numel()
         keep, other = (slice(0, R), slice(R, k)) if which == "svd-top" else (slice(k - R, k), slice(0, k - R))

@@ -396,5 +396,7 @@ def delta_norm_ratios(
         adapters = getattr(module, module.adapter_layer_names[0])
         for name in module.active_adapters if adapter_name is None else [adapter_name]:
             if name in adapters:
-                ratios.append(delta_norm_ratio(module.get_delta_weight(name), module.get_base_layer().weight))
+                # the dense weight where the layer knows it (a quantized base stores packed integers)
+                weight = module.dense_weight() if hasattr(module, "dense_weight") else module.get_base_layer().weight
+                ratios.append(delta_norm_ratio(module.get_delta_weight(name), weight))
     return ratios

@@ -87,6 +87,7 @@ def bench(
     alpha: float | None = typer.Option(None),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+    quantize: str | None = typer.Option(None, help="4bit (nf4, QLoRA) or 8bit (LLM.int8()) base; needs bitsandbytes."),
     out: Path | None = typer.Option(None, help="Run folder; rerunning the same command resumes it."),
     overwrite: bool = typer.Option(False, help="Start over in an existing run folder."),
 ) -> None:
@@ -118,6 +119,7 @@ def bench(
         alpha=alpha,
         device=device,
         dtype=dtype,
+        quantize=quantize,
     )
     if warmup_steps is not None:
         overrides["warmup_ratio"] = 0.0

@@ -74,6 +74,7 @@ def sft(
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."),
+    quantize: str | None = typer.Option(None, help="4bit (nf4, QLoRA) or 8bit (LLM.int8()) base; needs bitsandbytes."),
     save_steps: int = typer.Option(50, help="Checkpoint every N steps."),
     resume: bool = typer.Option(
         False, help="Continue a run in --out: finished methods are reused, training resumes from the last checkpoint."
@@ -112,6 +113,7 @@ def sft(
         seed=seed,
         device=device,
         dtype=dtype,
+        quantize=quantize,
         save_steps=save_steps,
     )
     main = is_main_process()  # under accelerate launch / torchrun, rank 0 alone prints

@@ -171,12 +171,15 @@ def load_model(
     *,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
+    quantize: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer.
 
     `name_or_path`: the built-in ``smollm2-135m`` (default), a local `save_pretrained` folder, or a hub id.
     `dtype`: None means float32; "auto" keeps the checkpoint's own dtype; also "bf16"/"fp16" or a torch.dtype.
     `device`: where to move the model (default: stay on CPU).
+    `quantize`: "4bit" (nf4, double quantization, computing in `dtype`) or "8bit" (LLM.int8()) with bitsandbytes;
+    see `curlora.models.quantize` for what may be quantized.
 
     The tokenizer always has a pad token (eos when it had none), pads on the right, and
     ``model.config.pad_token_id`` matches it. The model is returned in eval mode.
@@ -194,6 +197,7 @@ def load_model(
         # transformers 5 does not pass local_files_only on to its PEFT-adapter lookup, which then retries the
         # network for ~20 s; hand it over explicitly.
         model_extra["adapter_kwargs"] = {"local_files_only": True}
+    quantize = _quantize_kwargs(quantize, name, path, torch_dtype, dev, extra, model_extra)
     start = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **extra)
@@ -203,11 +207,34 @@ def load_model(
     except (*_load_errors(), ValueError, KeyError) as exc:
         raise (_hub_error(name, exc) if is_hub else _folder_error(name, path, exc)) from exc
     prepare_tokenizer(model, tokenizer)
-    if dev is not None:
+    if dev is not None and not quantize:  # a quantized model is placed by from_pretrained (device_map)
         model = model.to(dev)
     model.eval()
     logger.info("Loaded %s (%s) in %.1f s", name, model.dtype, time.perf_counter() - start)
     return model, tokenizer
+
+
+def _quantize_kwargs(quantize, name, path, torch_dtype, dev, extra, model_extra) -> str | None:
+    """Check a --quantize request before loading anything; add its from_pretrained arguments to `model_extra`."""
+    from curlora.models import quantize as q
+
+    choice = q.check_quantize(quantize)
+    if choice is None:
+        return None
+    from transformers import AutoConfig
+
+    q.bitsandbytes_version()
+    target = dev or torch.device("cpu")
+    q.check_device(choice, target)
+    try:
+        model_config = AutoConfig.from_pretrained(path, **extra)
+    except (*_load_errors(), ValueError, KeyError):
+        model_config = None  # from_pretrained below reports an unreadable model with the usual message
+    q.check_not_quantized(model_config, name)
+    compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32
+    model_extra["quantization_config"] = q.bitsandbytes_config(choice, compute)
+    model_extra["device_map"] = {"": target}
+    return choice
 
 
 def load_config(name_or_path_or_config_json: str | os.PathLike) -> PretrainedConfig:

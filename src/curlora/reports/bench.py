@@ -312,6 +312,8 @@ def render_sections(
     device = env.get("device_name") or cfg.get("device")
     if device and cfg.get("dtype"):
         device = f"{device}, {cfg['dtype']}"
+    if device and cfg.get("quantize"):
+        device = f"{device}, {cfg['quantize']} base (bitsandbytes)"
     item("Device", device)
     seeds: list[Any] = []
     for r in prep.runs:

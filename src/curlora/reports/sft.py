@@ -32,5 +32,7 @@ def render_markdown(results: dict) -> str:
             f"{num(r, 'train_loss', '.3f')} | {num(r, 'train_steps', 'd')} | {num(r, 'train_s', '.0f')} |"
         )
     env = results.get("environment", {})
-    lines += ["", f"Device: {env.get('device_name', '?')}; dtype {results.get('dtype', '?')}.", ""]
+    quantized = results.get("config", {}).get("quantize")
+    base = f"; {quantized} base (bitsandbytes)" if quantized else ""
+    lines += ["", f"Device: {env.get('device_name', '?')}; dtype {results.get('dtype', '?')}{base}.", ""]
     return "\n".join(lines)

@@ -50,6 +50,8 @@ class CURLoRAConfig(PeftConfig):
         seed: selection seed; each layer derives its own stream from it and its module name.
         u_dtype: dtype of U (float32 by default, also on bf16/fp16 bases).
         fan_in_fan_out: set automatically for GPT-2's Conv1D (weight stored in × out).
+        base_quantization: set automatically to the base layers' quantization (none, nf4, fp4, nf4-dq, fp4-dq,
+            int8); an adapter loaded onto a base quantized differently loads with a warning (docs/QUANTIZED.md).
         reuse_base_output: take x·Rᵀ from the base layer's output (R holds rows of W) instead of a GEMM over x;
             the same numbers, less work. Turn off only if you change the base weights in place while the
             adapter is attached (unsupported anyway: loading rebuilds C and R from them).
@@ -73,6 +75,13 @@ class CURLoRAConfig(PeftConfig):
         default=True, metadata={"help": "Take x·Rᵀ from the base output (R = rows of W) instead of a GEMM over x."}
     )
     basis: str = field(default="cur", metadata={"help": f"C and R: one of {', '.join(BASES)}."})
+    base_quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the base was quantized when the adapter was made: none, nf4, fp4 (+'-dq'), int8 "
+            "(set automatically; loading onto a base quantized differently warns: docs/QUANTIZED.md)."
+        },
+    )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules trained and saved whole (e.g. a classification head)."}
     )

@@ -144,20 +144,21 @@ class CURLoRALayer(BaseTunerLayer):
             )
 
     # -- the base weight, always as out × in ------------------------------------------------------------------
-    def _weight_view(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
+        """The base weight as a dense out × in tensor (the bitsandbytes variants dequantize it)."""
         weight = self.get_base_layer().weight
         return weight.T if self.fan_in_fan_out else weight
 
-    def _unmerged_weight_view(self) -> torch.Tensor:
+    def unmerged_dense_weight(self) -> torch.Tensor:
         if self.merged:
             raise CurloraError(
                 "this layer has merged adapters; call unmerge_adapter() before adding or loading a CURLoRA adapter"
             )
-        return self._weight_view()
+        return self.dense_weight()
 
     # -- adapter creation -------------------------------------------------------------------------------------
     def update_layer(self, adapter_name: str, config, layer_name: str = "", inference_mode: bool = False) -> None:
-        weight = self._unmerged_weight_view()
+        weight = self.unmerged_dense_weight()
         if weight.device.type == "meta":
             raise CurloraError("CURLoRA selects columns from real weights; load the model's weights (not meta)")
         seed = cur.layer_seed(config.seed, layer_name)
@@ -182,7 +183,7 @@ class CURLoRALayer(BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def _build_factors(self, adapter_name: str) -> None:
-        weight = self._unmerged_weight_view()
+        weight = self.unmerged_dense_weight()
         cols = self.curlora_cols[adapter_name].to(torch.int64)
         rows = self.curlora_rows[adapter_name].to(torch.int64)
         out_f, in_f = weight.shape
@@ -208,7 +209,7 @@ class CURLoRALayer(BaseTunerLayer):
 
     def _current_fingerprint(self, adapter_name: str) -> torch.Tensor:
         fp = cur.fingerprint(self.curlora_C[adapter_name], self.curlora_R[adapter_name])
-        return fp.view(torch.int64).to(self._weight_view().device)
+        return fp.view(torch.int64).to(self.dense_weight().device)
 
     def _after_load(self) -> None:
         """Rebuild C and R from freshly loaded indices; refuse an adapter made for another base model."""
@@ -216,12 +217,16 @@ class CURLoRALayer(BaseTunerLayer):
             self._build_factors(name)
             saved = self.curlora_fingerprint[name].detach().cpu().view(torch.float64)
             now = self._current_fingerprint(name).cpu().view(torch.float64)
-            if not cur.fingerprints_match(saved, now):
+            # widened by CURLoRAModel for an adapter made on a base quantized differently (docs/QUANTIZED.md)
+            rtol = getattr(self, "_curlora_fingerprint_rtol", {}).get(name)
+            if not cur.fingerprints_match(saved, now, **({} if rtol is None else {"rtol": rtol})):
                 raise CurloraError(
                     f"adapter {name!r} does not match this base model: the C and R rebuilt from its weights "
                     f"differ (fingerprint {saved.tolist()} vs {now.tolist()}); load it onto the base "
                     "model it was trained on"
                 )
+            if rtol is not None:  # from now on the adapter belongs to this base: save its fingerprint
+                self.curlora_fingerprint[name] = self._current_fingerprint(name)
 
     # -- math -------------------------------------------------------------------------------------------------
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from curlora.errors import CurloraError
 from curlora.methods import parse_method
+from curlora.models.quantize import check_quantize
 from curlora.recipes.bench.presets import PRESETS
 
 
@@ -36,6 +37,7 @@ class BenchConfig:
     target_modules: list[str] | None = None
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str | None = None  # "4bit" / "8bit": a bitsandbytes base (curlora.models.quantize)
 
     def result_key(self) -> dict:
         """The fields that change the numbers (a resumed run must match them); device placement excluded."""
@@ -71,4 +73,7 @@ def make_config(preset: str = "quick", **overrides) -> BenchConfig:
             raise CurloraError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not config.seeds:
         raise CurloraError("no seeds given; e.g. --seeds 0,1,2")
+    config.quantize = check_quantize(config.quantize)
+    if config.quantize and any(s.method == "full" for s in specs):
+        raise CurloraError(f"--quantize {config.quantize} freezes the base; drop 'full' from --methods")
     return config

@@ -75,14 +75,20 @@ class Bench:
             self.reporter = Reporter()  # progress and stage summaries come from rank 0 alone
         self._check_out_dir(overwrite)
         self.suite = suite if suite is not None else load_suite(config.suite, config.data_dir)
+        home = torch.device("cpu") if self.dist.fsdp else self.device
+        if config.quantize and self.dist.fsdp:
+            raise CurloraError("--quantize with FSDP is not supported; run one process per GPU without FSDP")
         if model is None:
-            model, tokenizer = load_model(config.model)
+            # a quantized base is placed and cast by from_pretrained (bitsandbytes models refuse .to(dtype))
+            kw = dict(quantize=config.quantize, dtype=self.dtype, device=home) if config.quantize else {}
+            model, tokenizer = load_model(config.model, **kw)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # frozen copy of the base: every method and seed starts from exactly these weights (with FSDP it waits in
         # host memory, and each working copy is sharded as soon as it is on the GPU)
-        home = torch.device("cpu") if self.dist.fsdp else self.device
-        self.base = model.to(home, dtype=self.dtype).eval().requires_grad_(False)
+        if not getattr(model, "is_quantized", False):
+            model = model.to(home, dtype=self.dtype)
+        self.base = model.eval().requires_grad_(False)
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         self.targets = list(config.target_modules or default_target_modules(model_type))
         for spec in self.specs:

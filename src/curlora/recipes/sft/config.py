@@ -9,6 +9,7 @@ from typing import Any
 
 from curlora.errors import CurloraError
 from curlora.methods import MethodSpec, parse_method
+from curlora.models.quantize import check_quantize
 from curlora.recipes.sft.qa import DEFAULT_TEMPLATE, NO_ANSWER
 
 SFT_METHODS = ("none", "curlora", "lora")
@@ -51,6 +52,7 @@ class SFTRecipeConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str | None = None  # "4bit" / "8bit": a bitsandbytes base (curlora.models.quantize)
     save_steps: int = 50
     save_total_limit: int | None = 2
     logging_steps: int = 10
@@ -64,6 +66,7 @@ class SFTRecipeConfig:
         return json.loads(json.dumps(d))
 
     def validate(self) -> None:
+        self.quantize = check_quantize(self.quantize)
         if not self.data:
             raise CurloraError("no data given; pass --data PATH/TO/dev-v2.0.json (or a hub id such as squad_v2)")
         for name in ("rank", "batch_size", "grad_accum", "max_new_tokens", "eval_batch_size", "ppl_max_length"):

@@ -166,13 +166,18 @@ class SFTRun:
     # -- pieces -------------------------------------------------------------------------------------------------
     def _load(self):
         if self._model is None:
-            self._model, self._tokenizer = load_model(self.config.model)
+            quantize = self.config.quantize  # placed and cast by from_pretrained: bnb models refuse .to(dtype)
+            kw = dict(quantize=quantize, dtype=self.dtype, device=self.device) if quantize else {}
+            self._model, self._tokenizer = load_model(self.config.model, **kw)
         elif self._tokenizer is None:
             raise CurloraError("pass the tokenizer together with the model")
         tok = self._tokenizer
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        base = self._model.to(self.device, dtype=self.dtype).eval().requires_grad_(False)
+        base = self._model
+        if not getattr(base, "is_quantized", False):
+            base = base.to(self.device, dtype=self.dtype)
+        base = base.eval().requires_grad_(False)
         return base, tok
 
     def _ppl_ids(self, tokenizer) -> tuple[torch.Tensor, str]:
