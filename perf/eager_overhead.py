@@ -3,7 +3,7 @@
 A tiny Llama (hidden 64, tiny batch) makes the arithmetic negligible, so a training step's time is the host
 work of dispatching it. Each variant runs forward + backward on its own copy of the same model, in one process,
 interleaved round-robin; the adapters' cost per adapted layer is (variant − floor) / adapted layers. The floor
-is the frozen model with activation gradients (inputs_embeds require grad), as in benchmarks/step_bench.py;
+is the frozen model with activation gradients (inputs_embeds require grad), as in perf/step_bench.py;
 curlora-ungrouped is the library with its q/k/v groups unlinked (one autograd node per projection).
 
     python perf/eager_overhead.py                       # ~1 min; --out overhead.json for the numbers as JSON

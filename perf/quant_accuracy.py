@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     import curlora
     from curlora import cur
-    from curlora.models.load import ensure_builtin_model
+    from curlora.models.builtin import ensure_builtin_model
     from curlora.tuner.layer import CURLoRALayer
     from curlora.metrics import delta_norm_ratios
 

@@ -1,6 +1,6 @@
 """CURLoRA on a quantized base against QLoRA (PEFT LoRA on the same 4-bit base) and the 4-bit floor, one step.
 
-The model is Mistral-7B-shaped (by default), random-init like benchmarks/step_bench.py (normal, std 0.02; no
+The model is Mistral-7B-shaped (by default), random-init like perf/step_bench.py (normal, std 0.02; no
 download): the decoder backbone is built in bf16 on the device, and every nn.Linear of its blocks is replaced by a
 bitsandbytes layer made from the very same weights — 4bit: nf4 with double quantization, computing in bf16 (the
 QLoRA recipe's BitsAndBytesConfig); 8bit: LLM.int8() (threshold 6). The task is step_bench's: last hidden state →

@@ -537,7 +537,7 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype, variant
         torch.cuda.empty_cache()
     out = {"config": info, "batch": batch_size, "seq": args.seq, "build_s": build_s, "results": results}
     out["ratios"] = ratios(results)
-    out["checks"] = checks(name, results, device.type)
+    out["checks"] = checks(name, results, device.type, args.compile_mode)
     return out
 
 
@@ -584,27 +584,40 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def checks(model: str, results: dict[str, Any], device_type: str) -> list[dict[str, Any]]:
-    """The issue's targets, evaluated on what was measured. GPU-only targets are 'info' on CPU."""
+# Targets per model: eager steps against the eager floor and PEFT LoRA; compiled steps by compile mode (the
+# "default" mode users get from a bare torch.compile(), and "reduce-overhead" with CUDA graphs).
+EAGER_FLOOR = {"smollm2-135m": 1.20, "llama-1b": 1.04}  # anything larger: 1.02
+DEFAULT_COMPILE_FLOOR = {"smollm2-135m": 1.10}  # the issue sets no default-mode target for larger models
+REDUCE_OVERHEAD_FLOOR = {"smollm2-135m": 1.10}  # anything larger: 1.03
+
+
+def checks(model: str, results: dict[str, Any], device_type: str, compile_mode: str = "default") -> list[dict]:
+    """The targets, evaluated on what was measured. GPU-only targets are 'info' on CPU."""
     out: list[dict[str, Any]] = []
-    ms = {k: v.get("ms_median") for k, v in results.items()}
     peak = {k: v.get("peak_bytes") for k, v in results.items()}
+    ms = {k: v.get("ms_median") for k, v in results.items()}
     gpu = device_type == "cuda"
 
-    def add(what: str, value: float | None, limit: float, applies: bool = True) -> None:
-        if value is None:
+    def add(what: str, value: float | None, limit: float | None, applies: bool = True) -> None:
+        if value is None or limit is None:
             return
         status = ("PASS" if value <= limit else "FAIL") if applies else "info"
         out.append({"check": what, "value": value, "target": limit, "status": status})
 
-    floor_target = 1.10 if model == "smollm2-135m" else 1.03
     for name in [k for k in results if k.startswith("curlora") and results[k]["kind"] == "train"]:
         # compiled variants are held against the compiled floor / LoRA where those were measured
         compiled = results[name].get("compiled")
         floor = "floor-compile" if compiled and "floor-compile" in ms else "floor"
         lora = "lora-compile" if compiled and "lora-compile" in ms else "lora"
-        add(f"{name} step / {floor} step (GPU target)", time_ratio(results, name, floor), floor_target, gpu)
-        add(f"{name} step / {lora} step (GPU target)", time_ratio(results, name, lora), 0.85, gpu)
+        if not compiled:
+            floor_target, lora_target = EAGER_FLOOR.get(model, 1.02), 0.80
+        elif compile_mode == "reduce-overhead":
+            floor_target, lora_target = REDUCE_OVERHEAD_FLOOR.get(model, 1.03), 0.85
+        else:
+            floor_target, lora_target = DEFAULT_COMPILE_FLOOR.get(model), None
+        mode = "eager" if not compiled else f"compile {compile_mode}"
+        add(f"{name} step / {floor} step ({mode}, GPU target)", time_ratio(results, name, floor), floor_target, gpu)
+        add(f"{name} step / {lora} step ({mode}, GPU target)", time_ratio(results, name, lora), lora_target, gpu)
         add(f"{name} step / {lora} step (CPU target)", time_ratio(results, name, lora), 1.0, not gpu)
         add(f"{name} peak memory / {floor} peak" + ("" if gpu else " (CPU estimate)"),
             _ratio(peak.get(name), peak.get(floor)), 1.02)  # fmt: skip
@@ -755,7 +768,7 @@ def rerender(path: Path) -> dict[str, Any]:
             if graphs and res.get("compiled"):  # reports from before CUDA-graph peaks were left unmeasured
                 res.pop("peak_bytes", None)
         m["ratios"] = ratios(m["results"])
-        m["checks"] = checks(name, m["results"], report["settings"]["device"])
+        m["checks"] = checks(name, m["results"], settings["device"], settings.get("compile_mode", "default"))
     print(render(report))
     return report
 
