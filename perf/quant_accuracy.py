@@ -48,9 +48,9 @@ def main(argv=None) -> int:
 
     import curlora
     from curlora import cur
+    from curlora.metrics import delta_norm_ratios
     from curlora.models.builtin import ensure_builtin_model
     from curlora.tuner.layer import CURLoRALayer
-    from curlora.metrics import delta_norm_ratios
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rank", type=int, default=16)
