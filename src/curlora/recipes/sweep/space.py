@@ -147,14 +147,17 @@ def _spec_text(method: str, rank, lr: float, alpha, sampling) -> str:
 
 def configurations(space: Space) -> list[Configuration]:
     """Every configuration of the space (order: methods as listed, then rank, lr, α, sampling, epochs), plus
-    the head_only reference at the preset's lr and epochs unless the space holds it already."""
+    the head_only reference at the preset's lr unless the space holds it already. The reference trains as many
+    epochs as every configuration when the space fixes one value, else the preset's; labels name the epochs only
+    where they vary."""
     base = space.base_config()
     epochs_axis = space.epochs or [base.epochs]
+    varying = len(epochs_axis) > 1
     out: dict[str, Configuration] = {}
 
     def add(spec_text: str, epochs: int, reference: bool = False) -> None:
         spec = parse_method(spec_text)
-        label = spec_text + (f" epochs={epochs}" if space.epochs else "")
+        label = spec_text + (f" epochs={epochs}" if varying else "")
         if label in out:
             if reference:
                 out[label] = dataclasses.replace(out[label], reference=True)
@@ -176,7 +179,7 @@ def configurations(space: Space) -> list[Configuration]:
                     for sampling in samplings or [None]:
                         for epochs in epochs_axis:
                             add(_spec_text(spec.method, spec.rank, lr, alpha, sampling), epochs)
-    add(_spec_text(REFERENCE, None, base.lr, None, None), base.epochs, reference=True)
+    add(_spec_text(REFERENCE, None, base.lr, None, None), base.epochs if varying else epochs_axis[0], reference=True)
     return list(out.values())
 
 
