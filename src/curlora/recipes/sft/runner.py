@@ -39,6 +39,7 @@ from curlora.recipes.common import (
     Reporter,
     claim_run_folder,
     environment,
+    newest_intact_checkpoint,
     perplexity_stage,
     resolve_device,
     settings_diff,
@@ -160,7 +161,13 @@ class SFTRun:
         """Called once data and model are loaded: clear the folder for --overwrite, record the settings (rank 0;
         the others wait until it has)."""
         if self.dist.is_main:
-            claim_run_folder(self.out, self.config.result_key(), overwrite=self.overwrite)
+            self._lock = claim_run_folder(
+                self.out,
+                self.config.result_key(),
+                overwrite=self.overwrite,
+                reporter=self.reporter,
+                ignore=("methods",),
+            )
         self._wait()
 
     # -- pieces -------------------------------------------------------------------------------------------------
@@ -302,9 +309,9 @@ class SFTRun:
         )
         resume_from = None
         if self.resume and run_dir.is_dir():
-            from transformers.trainer_utils import get_last_checkpoint
-
-            resume_from = get_last_checkpoint(str(run_dir))
+            resume_from, skipped = newest_intact_checkpoint(run_dir)
+            for path, why in skipped:
+                self.reporter.note(f"{spec.label}: skipped checkpoint {path.name} ({why})")
         if resume_from:
             self.reporter.note(f"{spec.label}: resuming from {resume_from}")
         t0 = time.perf_counter()
@@ -342,6 +349,14 @@ class SFTRun:
         atomic_write_text(self.out / "results.md", render_markdown(results))
 
     def run(self) -> dict:
+        self._lock = None
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self) -> dict:
         cfg = self.config
         articles = self._articles()  # before loading the model: a bad data file fails fast
         base, tokenizer = self._load()
