@@ -14,15 +14,18 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
 from torch import nn
 
+from curlora.cur import SAMPLING_STRATEGIES
 from curlora.errors import CurloraError
 from curlora.files import atomic_write_json, package_version
 from curlora.metrics import perplexity
@@ -43,11 +46,111 @@ class Reporter:
         log.info(message)
 
 
+# -- options checked at the door ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """What one option accepts: an int or a (finite) float within bounds, or one of some words; None allowed only
+    when `optional` (it then means "the default")."""
+
+    kind: type = int
+    low: float | None = None
+    low_open: bool = False  # low itself excluded
+    high: float | None = None
+    high_open: bool = False
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+    pattern: str = ""
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.pattern:
+            return "auto, cpu, cuda, cuda:N, mps or xpu:N"
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            bounds = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            bounds = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            bounds = ""
+        return " ".join(filter(None, [what, bounds]))
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if self.choices:
+            return value in self.choices
+        if self.pattern:
+            return isinstance(value, str) and re.fullmatch(self.pattern, value) is not None
+        wanted = int if self.kind is int else int | float
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+
+_POSITIVE = Rule(int, low=1)
+_MAYBE_POSITIVE = Rule(int, low=1, optional=True)
+#: Every numeric or enumerated option of the recipes, in one place (bench and sft apply the rows for their fields).
+OPTIONS: dict[str, Rule] = {
+    "epochs": Rule(float, low=0, low_open=True),
+    "batch_size": _POSITIVE,
+    "eval_batch_size": _POSITIVE,
+    "grad_accum": _POSITIVE,
+    "max_length": _POSITIVE,
+    "max_new_tokens": _POSITIVE,
+    "max_steps": _MAYBE_POSITIVE,
+    "n_train": _MAYBE_POSITIVE,
+    "n_eval": _MAYBE_POSITIVE,
+    "train_articles": _MAYBE_POSITIVE,
+    "max_train_questions": _MAYBE_POSITIVE,
+    "eval_questions": _MAYBE_POSITIVE,
+    "eval_articles": Rule(float, low=0, low_open=True),
+    "ppl_max_length": _POSITIVE,
+    "ppl_stride": _POSITIVE,
+    "ppl_max_tokens": _MAYBE_POSITIVE,  # None: the whole text; 0 is a mistake, not "no limit"
+    "rank": _POSITIVE,
+    "lr": Rule(float, low=0, low_open=True, optional=True),
+    "alpha": Rule(float),
+    "warmup_steps": Rule(int, low=0, optional=True),
+    "warmup_ratio": Rule(float, low=0, high=1, high_open=True, optional=True),
+    "weight_decay": Rule(float, low=0),
+    "seed": Rule(int, low=0),
+    "save_steps": _POSITIVE,
+    "save_total_limit": _MAYBE_POSITIVE,
+    "logging_steps": _POSITIVE,
+    "sampling": Rule(str, choices=SAMPLING_STRATEGIES),
+    "dtype": Rule(str, choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")),
+    "device": Rule(str, pattern=r"auto|cpu|mps|(cuda|xpu)(:\d+)?"),
+}
+
+
+def check_options(config) -> None:
+    """Check every field of a recipe config that has a row in OPTIONS; one error names the option (as typed on the
+    command line), the value and what is allowed. Nothing is written before this passes."""
+    for name, rule in OPTIONS.items():
+        if not hasattr(config, name):
+            continue
+        value = getattr(config, name)
+        if not rule.accepts(value):
+            raise CurloraError(f"--{name.replace('_', '-')} must be {rule.describe()}, got {value!r}")
+    seeds = getattr(config, "seeds", [])
+    for value in seeds:
+        if not OPTIONS["seed"].accepts(value):
+            raise CurloraError(f"--seeds must be integers >= 0, got {value!r}")
+
+
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """`auto` picks CUDA when visible; dtype `auto` is bf16 on CUDA and fp32 on the CPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CurloraError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CurloraError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if dtype == "auto":

@@ -46,7 +46,7 @@ from curlora.recipes.common import (
     settings_diff,
 )
 from curlora.tuner.config import default_target_modules
-from curlora.tuner.saved import ADAPTER_WEIGHTS
+from curlora.tuner.saved import ADAPTER_WEIGHTS, save_adapter
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -431,7 +431,7 @@ class Bench:
             return
         with atomic_dir(stage_dir) as tmp:
             if spec.has_adapter:
-                model.save_pretrained(tmp / "adapter", **({"state_dict": gathered} if gathered else {}))
+                save_adapter(model, tmp / "adapter", **({"state_dict": gathered} if gathered else {}))
             elif spec.method == "full":
                 (tmp / "adapter").mkdir()
                 if gathered is not None:
