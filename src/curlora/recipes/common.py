@@ -27,7 +27,7 @@ from torch import nn
 
 from curlora.cur import SAMPLING_STRATEGIES
 from curlora.errors import CurloraError
-from curlora.files import atomic_write_json, package_version
+from curlora.files import atomic_write_json, atomic_write_text, package_version
 from curlora.metrics import perplexity
 from curlora.models.load import parse_dtype
 
@@ -253,7 +253,7 @@ def lock_run_folder(out: Path) -> FileLock:
         raise CurloraError(
             f"{out} is in use by {holder}; wait for that run to finish or pass another --out"
         ) from None
-    atomic_write_json(owner, f"process {os.getpid()} on {socket.gethostname()}")
+    atomic_write_text(owner, f"process {os.getpid()} on {socket.gethostname()}")
     return lock
 
 

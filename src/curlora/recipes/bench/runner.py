@@ -104,6 +104,13 @@ class Bench:
                 f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
                 "pass --out NEW_FOLDER, or --overwrite to start over"
             )
+        if not overwrite:  # finished runs and stages must match too (config.json may be gone): before any write
+            for spec in self.specs:
+                for seed in self.config.seeds:
+                    run_dir = self.out / "runs" / safe_name(spec.label) / f"seed-{seed}"
+                    for file in [run_dir / "run.json", *sorted(run_dir.glob("stage-*/stage.json"))]:
+                        if file.is_file():
+                            self._reuse(file, spec, seed)
 
     def _claim_out_dir(self, overwrite: bool) -> None:
         """Called once every input is validated, so that a bad input leaves no folder behind."""
