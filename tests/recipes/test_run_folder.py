@@ -127,3 +127,17 @@ def test_report_accepts_the_folder_or_its_results_json(finished, tmp_path):
         result = CliRunner().invoke(app, ["report", str(target)])
         assert result.exit_code == 0, result.output
         assert (tmp_path / "run" / "report.md").is_file()
+
+
+def test_a_killed_model_conversion_is_cleaned_up(tmp_path, caplog):
+    from curlora.models.builtin import remove_cache_leftovers
+
+    folder = tmp_path / "models" / "smollm2-135m"
+    half = tmp_path / "models" / ".smollm2-135m.k3j2.tmp"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"half of 538 MB")
+    (tmp_path / "models" / ".smollm2-135m.lock").write_text("")  # the lock file stays
+    with caplog.at_level("WARNING"):
+        assert remove_cache_leftovers(folder) == [half]
+    assert not half.exists() and (tmp_path / "models" / ".smollm2-135m.lock").exists()
+    assert "killed model conversion" in caplog.text
