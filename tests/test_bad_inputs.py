@@ -209,13 +209,13 @@ ROWS = [
     ("suite-unknown", _bench("--suite", "nope"), "unknown suite 'nope'"),
     ("paper-data-absent", _bench("--methods", "head_only"), "absent"),
     # the CURLoRA config, in PEFT's config-error style
-    ("config-r-bool", _config(r=True), "`r` must be a positive integer, got True"),
-    ("config-r-0", _config(r=0), "`r` must be a positive integer, got 0"),
-    ("config-r-negative", _config(r=-3), "`r` must be a positive integer, got -3"),
-    ("config-r-float", _config(r=2.5), "`r` must be a positive integer, got 2.5"),
-    ("config-alpha-nan", _config(alpha=math.nan), "`alpha` must be a finite number, got nan"),
-    ("config-alpha-inf", _config(alpha=math.inf), "`alpha` must be a finite number, got inf"),
-    ("config-alpha-text", _config(alpha="abc"), "`alpha` must be a finite number, got 'abc'"),
+    ("config-r-bool", _config(r=True), "r must be a positive integer, got True"),
+    ("config-r-0", _config(r=0), "r must be a positive integer, got 0"),
+    ("config-r-negative", _config(r=-3), "r must be a positive integer, got -3"),
+    ("config-r-float", _config(r=2.5), "r must be a positive integer, got 2.5"),
+    ("config-alpha-nan", _config(alpha=math.nan), "alpha must be a finite number, got nan"),
+    ("config-alpha-inf", _config(alpha=math.inf), "alpha must be a finite number, got inf"),
+    ("config-alpha-text", _config(alpha="abc"), "alpha must be a finite number, got 'abc'"),
     ("config-sampling", _config(sampling="bogus"), "unknown sampling strategy 'bogus'"),
     ("config-u-dtype", _config(u_dtype="int8"), "unknown u_dtype 'int8'"),
     # sft settings: the same table
@@ -272,3 +272,19 @@ def test_bad_input_is_one_clear_error_and_leaves_nothing(make, fragment, ctx, tm
 
 def test_the_table_covers_at_least_forty_inputs():
     assert len(ROWS) >= 40 and len({r[0] for r in ROWS}) == len(ROWS)
+
+
+def test_adapters_with_the_older_four_number_fingerprint_still_load(ctx, tmp_path):
+    folder = tmp_path / "adapter"
+    shutil.copytree(ctx["adapter"], folder)
+    (folder / ADAPTER_CHECKSUMS).unlink()
+    tensors = load_file(str(folder / ADAPTER_WEIGHTS))
+    for key in [k for k in tensors if k.endswith("curlora_fingerprint")]:
+        assert tensors[key].numel() > 4
+        tensors[key] = tensors[key][:4].clone()  # what older versions saved: the norms alone
+    save_file(tensors, str(folder / ADAPTER_WEIGHTS))
+    loaded = load_adapter(_base(ctx["state"], "same"), folder)
+    layer = next(m for m in loaded.modules() if hasattr(m, "curlora_fingerprint"))
+    assert layer.curlora_fingerprint["default"].numel() == 4
+    with pytest.raises(CurloraError, match="does not match this base model"):
+        load_adapter(tiny_llama(seed=7), folder)  # another base: even the old check refuses it

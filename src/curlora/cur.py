@@ -151,7 +151,7 @@ def cur_factors(weight: torch.Tensor, selection: CURSelection) -> tuple[torch.Te
 
 
 #: Entries of C and of R sampled into the fingerprint (the first 4 numbers are the norms of older adapters).
-FINGERPRINT_SAMPLES = 16
+FINGERPRINT_SAMPLES = 8
 FINGERPRINT_LEN = 4 + 2 * FINGERPRINT_SAMPLES
 #: Two roundings to bfloat16 (unit roundoff 2⁻⁸ each) move a value by < 2⁻⁷ relative: a base in another dtype
 #: passes, while a negated, shuffled or noised one (1 % noise moves most entries by more) does not.

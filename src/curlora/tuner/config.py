@@ -79,9 +79,9 @@ class CURLoRAConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = CURLORA_PEFT_TYPE
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            raise CurloraError(f"`r` must be a positive integer, got {self.r!r}")
+            raise CurloraError(f"r must be a positive integer, got {self.r!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha):
-            raise CurloraError(f"`alpha` must be a finite number, got {self.alpha!r}")
+            raise CurloraError(f"alpha must be a finite number, got {self.alpha!r}")
         check_strategy(self.sampling)
         if self.u_dtype not in U_DTYPES:
             raise CurloraError(f"unknown u_dtype {self.u_dtype!r}; choose one of: {', '.join(U_DTYPES)}")
