@@ -500,7 +500,7 @@ class Bench:
             self._fsdp_groups.pop(base, None)
             del base
             if self.dist.is_main:
-                atomic_write_json(base_file, base_ppl)
+                atomic_write_json(base_file, finite_or_null(base_ppl))
             distributed.barrier(self.dist)
         results = {
             "schema_version": SCHEMA_VERSION,

@@ -32,7 +32,7 @@ import torch
 from curlora import distributed
 from curlora.data.squad import count_questions, load_squad, sample_questions, split_articles
 from curlora.errors import CurloraError
-from curlora.files import atomic_write_json, atomic_write_text, safe_name
+from curlora.files import atomic_write_json, atomic_write_text, finite_or_null, safe_name
 from curlora.methods import MethodSpec, check_rank_fits, wrap_model
 from curlora.models.load import load_model
 from curlora.recipes.common import (
@@ -345,7 +345,7 @@ class SFTRun:
     def _write(self, results: dict) -> None:
         if not self.dist.is_main:
             return
-        atomic_write_json(self.out / "results.json", results)
+        atomic_write_json(self.out / "results.json", finite_or_null(results))
         atomic_write_text(self.out / "results.md", render_markdown(results))
 
     def run(self) -> dict:
