@@ -141,3 +141,56 @@ def test_a_killed_model_conversion_is_cleaned_up(tmp_path, caplog):
         assert remove_cache_leftovers(folder) == [half]
     assert not half.exists() and (tmp_path / "models" / ".smollm2-135m.lock").exists()
     assert "killed model conversion" in caplog.text
+
+
+def _squad_file(path):
+    """A small SQuAD v2 file: three articles of eight answerable questions each."""
+    data = []
+    for a, (title, word) in enumerate([("Cats", "mat"), ("Dogs", "log"), ("Birds", "tree")]):
+        context = f"The {title.lower()[:-1]} sat on the {word}. It liked the {word} a lot, every day."
+        qas = [
+            {"id": f"{a}-{k}", "question": f"Where did the {title.lower()[:-1]} sit ({k})?",
+             "answers": [{"text": word, "answer_start": context.index(word)}], "is_impossible": False}
+            for k in range(8)
+        ]  # fmt: skip
+        data.append({"title": title, "paragraphs": [{"context": context, "qas": qas}]})
+    path.write_text(json.dumps({"version": "v2.0", "data": data}))
+    return path
+
+
+def test_sft_resume_skips_a_partly_written_checkpoint(tmp_path):
+    pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM
+
+    from curlora.recipes.sft import SFTRecipeConfig, run_sft
+    from curlora.testing import save_tiny_model, tiny_tokenizer
+
+    base_dir = save_tiny_model(tmp_path / "base", "llama")
+    squad = _squad_file(tmp_path / "squad.json")
+
+    def config():
+        return SFTRecipeConfig(
+            data=str(squad), methods=["curlora"], rank=2, lr=5e-2, max_steps=3, batch_size=2, max_length=120,
+            train_articles=1, max_train_questions=8, eval_questions=2, max_new_tokens=2, eval_batch_size=2,
+            ppl_max_tokens=64, ppl_max_length=32, ppl_stride=32, save_steps=1, save_total_limit=None,
+            logging_steps=1, device="cpu",
+        )  # fmt: skip
+
+    def sft(**kwargs):
+        return run_sft(
+            config(), tmp_path / "out", model=AutoModelForCausalLM.from_pretrained(base_dir).eval(),
+            tokenizer=tiny_tokenizer(), ppl_text="the cat sat on the mat. " * 20, **kwargs,
+        )  # fmt: skip
+
+    sft()
+    run = tmp_path / "out" / "runs" / "curlora-2"
+    (tmp_path / "out" / "results.json").unlink()  # as if killed while checkpoint-3 was being written
+    shutil.rmtree(run / "final")
+    weights = run / "checkpoint-3" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    notes = Notes()
+    for hook in ("bar", "advance", "end_bar", "stage"):
+        setattr(notes, hook, lambda *a, **k: None)
+    again = sft(resume=True, reporter=notes)
+    assert again["methods"][0]["resumed_from"].endswith("checkpoint-2")
+    assert any("skipped checkpoint checkpoint-3" in n for n in notes.notes), notes.notes
