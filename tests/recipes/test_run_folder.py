@@ -194,3 +194,18 @@ def test_sft_resume_skips_a_partly_written_checkpoint(tmp_path):
     again = sft(resume=True, reporter=notes)
     assert again["methods"][0]["resumed_from"].endswith("checkpoint-2")
     assert any("skipped checkpoint checkpoint-3" in n for n in notes.notes), notes.notes
+
+
+def test_a_diverged_run_writes_strict_json_with_null_and_a_flag(tmp_path):
+    from curlora.reports.bench import validate_results, write_report
+
+    results, out = run_bench(tmp_path, methods=["full"], lr=1e30)
+    text = (out / "results.json").read_text()
+    saved = json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in results.json"))
+    validate_results(saved)
+    (run,) = saved["runs"]
+    assert run["diverged"] and run["ppl_after"] is None
+    assert "runs.0.stages.0.train_loss" in saved["non_finite"] and run["stages"][0]["train_loss"] is None
+    stage = json.loads((out / "runs" / "full" / "seed-0" / "stage-0-polar" / "stage.json").read_text())
+    assert stage["train_loss"] is None and stage["non_finite"] == ["train_loss"]
+    assert write_report(out).is_file()
