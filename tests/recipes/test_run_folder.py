@@ -194,6 +194,7 @@ def test_sft_resume_skips_a_partly_written_checkpoint(tmp_path):
     again = sft(resume=True, reporter=notes)
     assert again["methods"][0]["resumed_from"].endswith("checkpoint-2")
     assert any("skipped checkpoint checkpoint-3" in n for n in notes.notes), notes.notes
+    assert (run / "final" / "adapter_checksums.json").is_file()  # load_adapter checks the final adapter
 
 
 def test_a_diverged_run_writes_strict_json_with_null_and_a_flag(tmp_path):

@@ -26,10 +26,15 @@ ADAPTER_CHECKSUMS = "adapter_checksums.json"
 def save_adapter(model: nn.Module, path: str | Path, **kwargs) -> None:
     """`save_pretrained` plus a SHA-256 of each file, which `load_adapter` checks (a flipped byte in U would
     otherwise load as a silently different adapter)."""
-    path = Path(path)
     model.save_pretrained(str(path), **kwargs)
-    for sub in [path, *(p for p in path.iterdir() if p.is_dir())]:  # named adapters get subfolders
-        if (sub / ADAPTER_WEIGHTS).is_file():
+    write_checksums(path)
+
+
+def write_checksums(path: str | Path) -> None:
+    """Record the SHA-256 of a saved adapter's files (in `path` and in the subfolders of named adapters)."""
+    path = Path(path)
+    for sub in [path, *(p for p in path.iterdir() if p.is_dir())]:
+        if (sub / ADAPTER_WEIGHTS).is_file() and (sub / ADAPTER_CONFIG).is_file():
             sums = {name: sha256_file(sub / name) for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
             atomic_write_json(sub / ADAPTER_CHECKSUMS, sums)
 

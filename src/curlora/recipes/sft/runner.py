@@ -49,6 +49,7 @@ from curlora.recipes.sft.qa import PromptBuilder, QAExample, build_examples, eva
 from curlora.recipes.sft.trainer import _no_library_bars, build_trainer, to_dataset
 from curlora.reports.sft import render_markdown
 from curlora.tuner.config import default_target_modules
+from curlora.tuner.saved import write_checksums
 
 log = logging.getLogger(__name__)
 SCHEMA = "curlora-sft/1"
@@ -319,6 +320,8 @@ class SFTRun:
         train_s = time.perf_counter() - t0
         final_dir = run_dir / "final"
         trainer.save_model(str(final_dir))
+        if self.dist.is_main:
+            write_checksums(final_dir)  # load_adapter then checks the files were not changed since
         # logged losses are averaged over the ranks by the trainer, but the steps after the last log enter
         # `training_loss` with this rank's share only; the logged part being the same on every rank, the mean over
         # ranks is the global loss
