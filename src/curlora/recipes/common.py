@@ -59,13 +59,14 @@ class Rule:
     high_open: bool = False
     optional: bool = False
     choices: tuple[str, ...] = ()
-    pattern: str = ""
+    pattern: str = ""  # a regular expression the whole value must match, described to users by `allowed`
+    allowed: str = ""
 
     def describe(self) -> str:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.pattern:
-            return "auto, cpu, cuda, cuda:N, mps or xpu:N"
+            return self.allowed
         what = "an integer" if self.kind is int else "a finite number"
         if self.low is not None and self.high is not None:
             bounds = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
@@ -124,7 +125,7 @@ OPTIONS: dict[str, Rule] = {
     "logging_steps": _POSITIVE,
     "sampling": Rule(str, choices=SAMPLING_STRATEGIES),
     "dtype": Rule(str, choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")),
-    "device": Rule(str, pattern=r"auto|cpu|mps|(cuda|xpu)(:\d+)?"),
+    "device": Rule(str, pattern=r"auto|cpu|mps|(cuda|xpu)(:\d+)?", allowed="auto, cpu, cuda, cuda:N, mps or xpu:N"),
 }
 
 
