@@ -150,18 +150,40 @@ def cur_factors(weight: torch.Tensor, selection: CURSelection) -> tuple[torch.Te
     return c, r
 
 
+#: Entries of C and of R sampled into the fingerprint (the first 4 numbers are the norms of older adapters).
+FINGERPRINT_SAMPLES = 8
+FINGERPRINT_LEN = 4 + 2 * FINGERPRINT_SAMPLES
+#: Two roundings to bfloat16 (unit roundoff 2⁻⁸ each) move a value by < 2⁻⁷ relative: a base in another dtype
+#: passes, while a negated, shuffled or noised one (1 % noise moves most entries by more) does not.
+FINGERPRINT_RTOL = 2.0**-7
+
+
 def fingerprint(c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Four numbers that identify C and R: their Frobenius norms and absolute sums, in float64.
-
-    Saved with an adapter so loading it onto a different base model is caught instead of silently computing
-    garbage; stable under a dtype change of the base (bf16 rounding moves them by ~1e-3 relative)."""
+    """Numbers that identify C and R, in float64: their Frobenius norms and absolute sums, then FINGERPRINT_SAMPLES
+    entries of each at fixed spread-out positions. Saved with an adapter so loading it onto a different base model
+    (another model, or the same one negated, permuted or perturbed) is caught instead of silently computing garbage."""
     c64, r64 = c.detach().to(torch.float64), r.detach().to(torch.float64)
-    return torch.stack([c64.norm(), c64.abs().sum(), r64.norm(), r64.abs().sum()]).cpu()
+    samples = []
+    for t in (c64, r64):
+        flat = t.reshape(-1)
+        pos = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES, device=flat.device).round().long()
+        samples.append(flat[pos])
+    return torch.cat([torch.stack([c64.norm(), c64.abs().sum(), r64.norm(), r64.abs().sum()]), *samples]).cpu()
 
 
-def fingerprints_match(saved: torch.Tensor, current: torch.Tensor, rtol: float = 2e-2) -> bool:
+def fingerprints_match(saved: torch.Tensor, current: torch.Tensor, rtol: float | None = None) -> bool:
+    """Whether a saved fingerprint fits C and R rebuilt now. Adapters saved with only the 4 norms (older versions)
+    keep their old 2 % check; newer ones compare every number within dtype rounding (FINGERPRINT_RTOL). An
+    explicit `rtol` (an adapter moved between a dense and a quantized base, whose entries differ by the
+    quantization error) compares the 4 norms alone at that tolerance."""
     saved, current = saved.to(torch.float64).cpu(), current.to(torch.float64).cpu()
-    return bool(torch.allclose(saved, current, rtol=rtol, atol=1e-6))
+    if rtol is not None:
+        return bool(torch.allclose(saved[:4], current[:4], rtol=rtol, atol=1e-6))
+    if saved.numel() == 4:
+        return bool(torch.allclose(saved, current[:4], rtol=2e-2, atol=1e-6))
+    if saved.shape != current.shape or not bool(torch.isfinite(saved).all()):
+        return False
+    return bool(torch.allclose(saved, current, rtol=FINGERPRINT_RTOL, atol=1e-30))
 
 
 def delta_weight(c: torch.Tensor, u: torch.Tensor, r: torch.Tensor, alpha: float) -> torch.Tensor:

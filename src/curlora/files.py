@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -36,7 +37,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON only: NaN or Infinity (which strict readers reject) raise ValueError; see `finite_or_null`."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def finite_or_null(obj: Any) -> Any:
+    """A copy of `obj` with every NaN/Infinity replaced by null; a dict that held any gets a `non_finite` list of
+    the paths replaced (e.g. `stages.0.train_loss`), so a reader can tell a diverged number from a missing one."""
+    paths: list[str] = []
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            paths.append(path)
+            return None
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(value)]
+        return value
+
+    clean = walk(obj, "")
+    if paths and isinstance(clean, dict):
+        clean["non_finite"] = sorted(set(clean.get("non_finite") or []) | set(paths))
+    return clean
 
 
 @contextmanager

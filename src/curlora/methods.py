@@ -8,6 +8,7 @@ and reports. Controls of CURLoRA's subspace, r² trainable parameters each (docs
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -114,12 +115,17 @@ def parse_method(spec: str) -> MethodSpec:
         raise CurloraError(f"method {spec!r} needs a rank, e.g. {name}-16")
     if name in ("head_only", "full") and rank is not None:
         raise CurloraError(f"method {name} takes no rank; write {name!r}")
+    if rank is not None and int(rank) < 1:
+        raise CurloraError(f"method {spec!r} has rank {int(rank)}; the rank must be an integer >= 1, e.g. {name}-16")
     fields: dict = {}
     for opt in filter(None, (m.group("opts") or "").split(",")):
         key, _, value = opt.partition("=")
         try:
             if key == "lr" or (key == "alpha" and name != "vera"):  # VeRA has no scale to set
                 fields[key] = float(value)
+                if not math.isfinite(fields[key]) or (key == "lr" and fields[key] <= 0):
+                    allowed = "a finite number > 0" if key == "lr" else "a finite number"
+                    raise CurloraError(f"{key} must be {allowed}")
             elif key == "sampling" and name in CUR_BASES:
                 check_strategy(value)
                 fields[key] = value

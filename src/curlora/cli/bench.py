@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from curlora.cli._ui import RichReporter, console, csv, ints, quiet_libraries
+from curlora.errors import CurloraError
 
 
 def _method_list(value: str | None) -> list[str] | None:
@@ -18,6 +19,8 @@ def _method_list(value: str | None) -> list[str] | None:
             methods[-1] += "," + part
         else:
             methods.append(part)
+    if value is not None and not methods:
+        raise CurloraError(f"--methods {value!r} names no method; e.g. --methods curlora-16,lora-16,head_only")
     return methods or None
 
 

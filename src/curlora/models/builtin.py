@@ -109,9 +109,26 @@ def ensure_builtin_model() -> Path:
     with _exclusive_lock(folder.parent / f".{folder.name}.lock"):
         if _cache_ready(folder):  # another process finished the conversion while we waited
             return folder
+        remove_cache_leftovers(folder)
         gguf = locate_builtin_gguf()
         _convert_gguf(gguf, folder)
     return folder
+
+
+def remove_cache_leftovers(folder: Path) -> list[Path]:
+    """Delete what a killed conversion leaves beside `folder` (the half-written `.NAME.*.tmp` folder of
+    `atomic_dir`, a `.NAME.old`), and say so in the log. Call it under the conversion lock."""
+    if not folder.parent.is_dir():
+        return []
+    found = [p for p in folder.parent.glob(f".{folder.name}.*") if p.name.endswith((".tmp", ".old"))]
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if found:
+        logger.warning("removed leftovers of a killed model conversion: %s", ", ".join(map(str, found)))
+    return found
 
 
 def locate_builtin_gguf() -> Path:

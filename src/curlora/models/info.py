@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from curlora.cur import FINGERPRINT_LEN
 from curlora.errors import CurloraError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ _ST_DTYPES: dict[str, tuple[str, int]] = {
 }
 _ST_ORDER = {"I64": 9, "F64": 8, "F32": 7, "I32": 6, "BF16": 5, "F16": 4}
 _HEADER_ALIGN = 8
-_FINGERPRINT_LEN = 4  # CURLoRA saves 4 float64 statistics of C and R, stored as int64 bits
+_FINGERPRINT_LEN = FINGERPRINT_LEN  # float64 statistics and samples of C and R, stored as int64 bits
 
 
 # -- architecture ------------------------------------------------------------------------------------------------

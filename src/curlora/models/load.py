@@ -198,10 +198,12 @@ def load_model(
         # network for ~20 s; hand it over explicitly.
         model_extra["adapter_kwargs"] = {"local_files_only": True}
     quantize = _quantize_kwargs(quantize, name, path, torch_dtype, dev, extra, model_extra)
+    if not is_hub:
+        _refuse_pickle_only(Path(path))
     start = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **model_extra)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, **model_extra)
     except CurloraError:
         raise
     except (*_load_errors(), ValueError, KeyError) as exc:
@@ -235,6 +237,17 @@ def _quantize_kwargs(quantize, name, path, torch_dtype, dev, extra, model_extra)
     model_extra["quantization_config"] = q.bitsandbytes_config(choice, compute)
     model_extra["device_map"] = {"": target}
     return choice
+def _refuse_pickle_only(folder: Path) -> None:
+    """Pickle weights can run code when read: a folder with `.bin`/`.pt` weights and no safetensors is refused."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise CurloraError(
+            f"{folder} holds only pickle weights ({', '.join(pickles)}), which curlora never loads (unpickling can "
+            "run code); convert them where you trust them, with model.save_pretrained(folder, "
+            "safe_serialization=True), and pass the folder with model.safetensors"
+        )
 
 
 def load_config(name_or_path_or_config_json: str | os.PathLike) -> PretrainedConfig:
@@ -281,12 +294,21 @@ def _config_from_json_file(path: Path) -> PretrainedConfig:
     try:
         return AutoConfig.for_model(model_type, **data)
     except ValueError as exc:
-        raise CurloraError(
-            f"{path}: model_type {model_type!r} is not known to this transformers version ({exc}). "
-            f"Fix the model_type or upgrade transformers."
-        ) from exc
+        if model_type in str(exc):
+            raise CurloraError(
+                f"{path}: model_type {model_type!r} is not known to this transformers version ({exc}). "
+                f"Fix the model_type or upgrade transformers."
+            ) from exc
+        raise _bad_field(path, exc) from exc
     except TypeError as exc:
         raise CurloraError(f"{path}: the config fields do not fit model_type {model_type!r}: {exc}.") from exc
+    except Exception as exc:  # transformers' strict dataclass validation raises its own type
+        raise _bad_field(path, exc) from exc
+
+
+def _bad_field(path: Path, exc: BaseException) -> CurloraError:
+    detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return CurloraError(f"{path} has a field of the wrong type or value ({detail}); fix the file")
 
 
 def build_on_meta(config: PretrainedConfig | str | os.PathLike) -> PreTrainedModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
@@ -91,8 +92,10 @@ class CURLoRAConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = CURLORA_PEFT_TYPE
-        if not isinstance(self.r, int) or self.r <= 0:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise CurloraError(f"r must be a positive integer, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha):
+            raise CurloraError(f"alpha must be a finite number, got {self.alpha!r}")
         check_strategy(self.sampling)
         check_basis(self.basis)
         if self.u_dtype not in U_DTYPES:

@@ -30,6 +30,7 @@ from transformers.pytorch_utils import Conv1D
 from curlora import cur
 from curlora.errors import CurloraError
 from curlora.tuner import basis, kernels, mixed
+from curlora.tuner.saved import fit_fingerprint_buffers
 
 
 def _scaled_u(u: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
@@ -222,8 +223,8 @@ class CURLoRALayer(BaseTunerLayer):
             if not cur.fingerprints_match(saved, now, **({} if rtol is None else {"rtol": rtol})):
                 raise CurloraError(
                     f"adapter {name!r} does not match this base model: the C and R rebuilt from its weights "
-                    f"differ (fingerprint {saved.tolist()} vs {now.tolist()}); load it onto the base "
-                    "model it was trained on"
+                    f"differ (fingerprint {saved[:4].tolist()}... vs {now[:4].tolist()}...); load it onto "
+                    "the base model it was trained on"
                 )
             if rtol is not None:  # from now on the adapter belongs to this base: save its fingerprint
                 self.curlora_fingerprint[name] = self._current_fingerprint(name)
@@ -272,6 +273,7 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, layer_name=layer_name, inference_mode=config.inference_mode)
         self.register_load_state_dict_post_hook(lambda module, _keys: module._after_load())
+        self.register_load_state_dict_pre_hook(fit_fingerprint_buffers)  # older 4-number fingerprints
         # q, k and v of one block, set by CURLoRAModel (`curlora.tuner.group`); a plain attribute, not a submodule
         self._shared_input_group = None
         # per-row factor stacks of mixed-adapter batches, kept for one model call (`curlora.tuner.mixed`)

@@ -9,6 +9,7 @@ from curlora.errors import CurloraError
 from curlora.methods import parse_method
 from curlora.models.quantize import check_quantize
 from curlora.recipes.bench.presets import PRESETS
+from curlora.recipes.common import check_options
 
 
 @dataclass
@@ -39,6 +40,9 @@ class BenchConfig:
     dtype: str = "auto"
     quantize: str | None = None  # "4bit" / "8bit": a bitsandbytes base (curlora.models.quantize)
 
+    def __post_init__(self) -> None:
+        check_options(self)
+
     def result_key(self) -> dict:
         """The fields that change the numbers (a resumed run must match them); device placement excluded."""
         d = dataclasses.asdict(self)
@@ -61,16 +65,6 @@ def make_config(preset: str = "quick", **overrides) -> BenchConfig:
         raise CurloraError("no methods given; e.g. --methods curlora-16,lora-16,head_only")
     if len({s.label for s in specs}) != len(specs):
         raise CurloraError("a method is listed twice; list each once")
-    for name, value in (
-        ("epochs", config.epochs),
-        ("batch_size", config.batch_size),
-        ("max_length", config.max_length),
-    ):
-        if value < 1:
-            raise CurloraError(f"{name} must be >= 1, got {value}")
-    for name in ("n_train", "n_eval"):
-        if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise CurloraError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not config.seeds:
         raise CurloraError("no seeds given; e.g. --seeds 0,1,2")
     config.quantize = check_quantize(config.quantize)

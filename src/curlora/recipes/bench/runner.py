@@ -29,7 +29,7 @@ from torch import nn
 from curlora import distributed
 from curlora.data import Suite, load_suite, subsample_train
 from curlora.errors import CurloraError
-from curlora.files import atomic_dir, atomic_write_json, safe_name
+from curlora.files import atomic_dir, atomic_write_json, finite_or_null, safe_name
 from curlora.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
 from curlora.metrics import delta_norm_ratio, delta_norm_ratios
 from curlora.models.load import load_model
@@ -41,11 +41,12 @@ from curlora.recipes.common import (
     derive_seed,
     environment,
     perplexity_stage,
+    recorded_diff,
     resolve_device,
     settings_diff,
 )
 from curlora.tuner.config import default_target_modules
-from curlora.tuner.saved import ADAPTER_WEIGHTS
+from curlora.tuner.saved import ADAPTER_WEIGHTS, save_adapter
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -109,12 +110,42 @@ class Bench:
                 f"{self.out} holds a run with other settings (differs in: {', '.join(diff)}); "
                 "pass --out NEW_FOLDER, or --overwrite to start over"
             )
+        if not overwrite:  # finished runs and stages must match too (config.json may be gone): before any write
+            for spec in self.specs:
+                for seed in self.config.seeds:
+                    run_dir = self.out / "runs" / safe_name(spec.label) / f"seed-{seed}"
+                    for file in [run_dir / "run.json", *sorted(run_dir.glob("stage-*/stage.json"))]:
+                        if file.is_file():
+                            self._reuse(file, spec, seed)
 
     def _claim_out_dir(self, overwrite: bool) -> None:
         """Called once every input is validated, so that a bad input leaves no folder behind."""
+        self._lock = None
         if self.dist.is_main:
-            claim_run_folder(self.out, self.config.result_key() | {"device": self.config.device}, overwrite=overwrite)
+            self._lock = claim_run_folder(
+                self.out,
+                self.config.result_key() | {"device": self.config.device},
+                overwrite=overwrite,
+                reporter=self.reporter,
+                ignore=("device",),
+            )
         distributed.barrier(self.dist)
+
+    def _settings(self, spec: MethodSpec, seed: int) -> dict:
+        """What produced one (method, seed) run: recorded in its run.json and stage.json files and compared before
+        they are reused, so a folder whose config.json was deleted or edited cannot hand back another run's numbers."""
+        key = {k: v for k, v in self.config.result_key().items() if k not in ("methods", "seeds")}
+        return json.loads(json.dumps(key | {"label": spec.label, "seed": seed}))
+
+    def _reuse(self, file: Path, spec: MethodSpec, seed: int) -> dict:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+        diff = recorded_diff(saved.pop("settings", None), self._settings(spec, seed))
+        if diff:
+            raise CurloraError(
+                f"{file} was produced by other settings (differs in: {', '.join(diff)}); "
+                "pass another --out, or --overwrite to start over"
+            )
+        return saved
 
     def _stage_dir(self, spec: MethodSpec, seed: int, i: int) -> Path:
         return self.out / "runs" / safe_name(spec.label) / f"seed-{seed}" / f"stage-{i}-{self.suite.tasks[i].name}"
@@ -280,13 +311,16 @@ class Bench:
         }
         done_file = self.out / "runs" / safe_name(spec.label) / f"seed-{seed}" / "run.json"
         if done_file.exists():
-            return json.loads(done_file.read_text())
+            return self._reuse(done_file, spec, seed)
         t_start = time.perf_counter()
         model = self._fresh_copy()
         if spec.method == "full" and self.dist.fsdp:  # the untouched base in host memory: no second GPU copy
             originals = dict(self.base.named_parameters())
         else:
             originals = {n: p.detach().clone() for n, p in model.named_parameters()} if spec.method == "full" else None
+        # every random draw of this run (PEFT LoRA's A comes from the global RNG) follows from (seed, method), never
+        # from what ran before it in this process: a resumed or solo run gives the numbers of an uninterrupted one
+        torch.manual_seed(derive_seed(seed, spec.label, "init") % (2**63))
         model = wrap_model(
             model,
             spec,
@@ -309,7 +343,7 @@ class Bench:
             if (stage_dir / "stage.json").exists():  # finished earlier: restore its state, skip the work
                 self._load_stage(model, spec, heads + [head], stage_dir)
                 heads.append(head.requires_grad_(False))
-                stage = json.loads((stage_dir / "stage.json").read_text())
+                stage = self._reuse(stage_dir / "stage.json", spec, seed)
                 record["acc"].append(stage.pop("acc"))
                 record["stages"].append(stage)
                 prior_wall = stage.get("wall_s_total", prior_wall)
@@ -332,7 +366,8 @@ class Bench:
                 row.append(self._accuracy(heads[j], feats_j, encoded[j][1]))
             stage["eval_s"] = time.perf_counter() - t_eval
             stage["wall_s_total"] = prior_wall + time.perf_counter() - t_start
-            self._save_stage(model, spec, heads, stage_dir, {**stage, "acc": row})
+            recorded = {**stage, "acc": row, "settings": self._settings(spec, seed)}
+            self._save_stage(model, spec, heads, stage_dir, finite_or_null(recorded))
             record["acc"].append(row)
             record["stages"].append(stage)
             self._write_results(results, record)
@@ -373,7 +408,7 @@ class Bench:
             }
         )
         if self.dist.is_main:
-            atomic_write_json(done_file, record)
+            atomic_write_json(done_file, finite_or_null(record) | {"settings": self._settings(spec, seed)})
         distributed.barrier(self.dist)
         return record
 
@@ -409,7 +444,7 @@ class Bench:
             return
         with atomic_dir(stage_dir) as tmp:
             if spec.has_adapter:
-                model.save_pretrained(tmp / "adapter", **({"state_dict": gathered} if gathered else {}))
+                save_adapter(model, tmp / "adapter", **({"state_dict": gathered} if gathered else {}))
             elif spec.method == "full":
                 (tmp / "adapter").mkdir()
                 if gathered is not None:
@@ -452,9 +487,16 @@ class Bench:
         if partial is not None:
             runs = [r for r in runs if not (r["label"] == partial["label"] and r["seed"] == partial["seed"])]
             runs.append(partial)
-        atomic_write_json(self.out / "results.json", {**results, "runs": runs})
+        atomic_write_json(self.out / "results.json", finite_or_null({**results, "runs": runs}))
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self) -> dict:
         base_file = self.out / "base_ppl.json"
         if base_file.exists():
             base_ppl = json.loads(base_file.read_text())
@@ -464,7 +506,7 @@ class Bench:
             self._fsdp_groups.pop(base, None)
             del base
             if self.dist.is_main:
-                atomic_write_json(base_file, base_ppl)
+                atomic_write_json(base_file, finite_or_null(base_ppl))
             distributed.barrier(self.dist)
         results = {
             "schema_version": SCHEMA_VERSION,

@@ -10,6 +10,7 @@ from typing import Any
 from curlora.errors import CurloraError
 from curlora.methods import MethodSpec, parse_method
 from curlora.models.quantize import check_quantize
+from curlora.recipes.common import check_options
 from curlora.recipes.sft.qa import DEFAULT_TEMPLATE, NO_ANSWER
 
 SFT_METHODS = ("none", "curlora", "lora")
@@ -69,15 +70,7 @@ class SFTRecipeConfig:
         self.quantize = check_quantize(self.quantize)
         if not self.data:
             raise CurloraError("no data given; pass --data PATH/TO/dev-v2.0.json (or a hub id such as squad_v2)")
-        for name in ("rank", "batch_size", "grad_accum", "max_new_tokens", "eval_batch_size", "ppl_max_length"):
-            if getattr(self, name) < 1:
-                raise CurloraError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs <= 0:
-            raise CurloraError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise CurloraError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise CurloraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check_options(self)
         if not 1 <= self.ppl_stride <= self.ppl_max_length:
             raise CurloraError(f"ppl_stride must be between 1 and ppl_max_length ({self.ppl_max_length})")
         if self.max_new_tokens >= self.max_length:

@@ -32,13 +32,14 @@ import torch
 from curlora import distributed
 from curlora.data.squad import count_questions, load_squad, sample_questions, split_articles
 from curlora.errors import CurloraError
-from curlora.files import atomic_write_json, atomic_write_text, safe_name
+from curlora.files import atomic_write_json, atomic_write_text, finite_or_null, safe_name
 from curlora.methods import MethodSpec, check_rank_fits, wrap_model
 from curlora.models.load import load_model
 from curlora.recipes.common import (
     Reporter,
     claim_run_folder,
     environment,
+    newest_intact_checkpoint,
     perplexity_stage,
     resolve_device,
     settings_diff,
@@ -48,6 +49,7 @@ from curlora.recipes.sft.qa import PromptBuilder, QAExample, build_examples, eva
 from curlora.recipes.sft.trainer import _no_library_bars, build_trainer, to_dataset
 from curlora.reports.sft import render_markdown
 from curlora.tuner.config import default_target_modules
+from curlora.tuner.saved import write_checksums
 
 log = logging.getLogger(__name__)
 SCHEMA = "curlora-sft/1"
@@ -160,7 +162,13 @@ class SFTRun:
         """Called once data and model are loaded: clear the folder for --overwrite, record the settings (rank 0;
         the others wait until it has)."""
         if self.dist.is_main:
-            claim_run_folder(self.out, self.config.result_key(), overwrite=self.overwrite)
+            self._lock = claim_run_folder(
+                self.out,
+                self.config.result_key(),
+                overwrite=self.overwrite,
+                reporter=self.reporter,
+                ignore=("methods",),
+            )
         self._wait()
 
     # -- pieces -------------------------------------------------------------------------------------------------
@@ -307,9 +315,9 @@ class SFTRun:
         )
         resume_from = None
         if self.resume and run_dir.is_dir():
-            from transformers.trainer_utils import get_last_checkpoint
-
-            resume_from = get_last_checkpoint(str(run_dir))
+            resume_from, skipped = newest_intact_checkpoint(run_dir)
+            for path, why in skipped:
+                self.reporter.note(f"{spec.label}: skipped checkpoint {path.name} ({why})")
         if resume_from:
             self.reporter.note(f"{spec.label}: resuming from {resume_from}")
         t0 = time.perf_counter()
@@ -317,6 +325,8 @@ class SFTRun:
         train_s = time.perf_counter() - t0
         final_dir = run_dir / "final"
         trainer.save_model(str(final_dir))
+        if self.dist.is_main:
+            write_checksums(final_dir)  # load_adapter then checks the files were not changed since
         # logged losses are averaged over the ranks by the trainer, but the steps after the last log enter
         # `training_loss` with this rank's share only; the logged part being the same on every rank, the mean over
         # ranks is the global loss
@@ -343,10 +353,18 @@ class SFTRun:
     def _write(self, results: dict) -> None:
         if not self.dist.is_main:
             return
-        atomic_write_json(self.out / "results.json", results)
+        atomic_write_json(self.out / "results.json", finite_or_null(results))
         atomic_write_text(self.out / "results.md", render_markdown(results))
 
     def run(self) -> dict:
+        self._lock = None
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self) -> dict:
         cfg = self.config
         articles = self._articles()  # before loading the model: a bad data file fails fast
         base, tokenizer = self._load()
