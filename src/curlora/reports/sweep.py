@@ -33,6 +33,23 @@ def _size(stat: dict) -> str:
     return "—"
 
 
+# perplexity ratios above this are drawn at the top edge (a diverged run's ratio can reach 1e8 and would flatten
+# every other point onto the axis)
+PPL_CLIP = 10.0
+
+
+def mean_front(rows: list[dict], key: str) -> list[dict]:
+    """The classical Pareto front of the means (higher learning, lower `key`), ignoring seed noise: what a reader
+    would draw by eye. The noise-aware front (`front_<name>` in the results) is never smaller than this."""
+    out = []
+    for r in rows:
+        x, y = r["learning"]["mean"], r[key]["mean"]
+        if not any(o is not r and o["learning"]["mean"] >= x and o[key]["mean"] <= y
+                   and (o["learning"]["mean"] > x or o[key]["mean"] < y) for o in rows):
+            out.append(r)
+    return sorted(out, key=lambda r: r["learning"]["mean"])
+
+
 def _plot(results: dict, name: str, path: Path) -> Path | None:
     import matplotlib
 
@@ -43,28 +60,47 @@ def _plot(results: dict, name: str, path: Path) -> Path | None:
     rows = [r for r in results["configurations"] if r["learning"]["mean"] is not None and r[key]["mean"] is not None]
     if not rows:
         return None
+    log = name == "ppl"
+    top = PPL_CLIP if log else None
+
+    def y_of(r: dict) -> float:
+        return min(r[key]["mean"], top) if top else r[key]["mean"]
+
     methods = list(dict.fromkeys(r["method"] for r in rows))
     colours = {m: plt.get_cmap("tab10")(k % 10) for k, m in enumerate(methods)}
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=120)
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        ax.errorbar([r["learning"]["mean"] for r in mine], [r[key]["mean"] for r in mine],
-                    xerr=[r["learning"]["sd"] or 0 for r in mine], yerr=[r[key]["sd"] or 0 for r in mine],
-                    fmt="o", color=colours[method], label=method, capsize=3, alpha=0.85)
-    on = sorted((r for r in rows if r.get(f"front_{name}")), key=lambda r: r["learning"]["mean"])
-    if on:
-        ax.step([r["learning"]["mean"] for r in on], [r[key]["mean"] for r in on], where="post", color="black",
-                lw=1.2, alpha=0.6, label="non-dominated (beyond seed noise)")
-        ax.scatter([r["learning"]["mean"] for r in on], [r[key]["mean"] for r in on], s=140, facecolors="none",
-                   edgecolors="black", lw=1.2)
-    for r in rows:
-        ax.annotate(r["label"], (r["learning"]["mean"], r[key]["mean"]), fontsize=6, xytext=(3, 3),
+        inside = [r for r in mine if not top or r[key]["mean"] <= top]
+        ys = [y_of(r) for r in inside]
+        sds = [r[key]["sd"] or 0 for r in inside]
+        # on a log axis an error bar may not cross zero: the lower arm stops just above it
+        lower = [min(sd, 0.999 * y) if log else sd for y, sd in zip(ys, sds, strict=True)]
+        ax.errorbar([r["learning"]["mean"] for r in inside], ys, xerr=[r["learning"]["sd"] or 0 for r in inside],
+                    yerr=[lower, sds], fmt="o", color=colours[method], label=method, capsize=2, alpha=0.8, ms=5)
+        over = [r for r in mine if top and r[key]["mean"] > top]
+        if over:
+            ax.scatter([r["learning"]["mean"] for r in over], [top] * len(over), marker="^", color=colours[method],
+                       alpha=0.8, s=30)
+    noisy = [r for r in rows if r.get(f"front_{name}")]
+    ax.scatter([r["learning"]["mean"] for r in noisy], [y_of(r) for r in noisy], s=90, facecolors="none",
+               edgecolors="grey", lw=0.8, label="not dominated beyond seed noise")
+    front = mean_front(rows, key)
+    ax.step([r["learning"]["mean"] for r in front], [y_of(r) for r in front], where="post", color="black", lw=1.2,
+            label="Pareto front of the means")
+    for r in front:
+        ax.annotate(r["label"], (r["learning"]["mean"], y_of(r)), fontsize=7, xytext=(4, -9 if log else 4),
                     textcoords="offset points")
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.97 * min(y_of(r) for r in rows), top=top * 1.3)
+        ax.axhline(top, color="grey", lw=0.6, ls=":")
+        ax.text(ax.get_xlim()[0], top * 1.05, f"▲ ratio > {top:g} (shown at {top:g})", fontsize=7, color="grey")
     ax.set_xlabel(f"learning: final avg accuracy − {results['reference']} (same seeds; higher is better)")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"sweep front: learning vs {key.replace('_', ' ')} (mean ± sd over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.set_title(f"sweep: learning vs {key.replace('_', ' ')} (mean ± sd over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp)
