@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curlora.tuner import kernels
-from curlora.tuner.layer import CURLoRALinear, _scaled_u
+from curlora.tuner.layer import CURLoRALinear, scaled_u
 
 
 class OrigCURLoRALinear(CURLoRALinear):
@@ -61,7 +61,7 @@ class _ReducedFromBaseOutput(torch.autograd.Function):
     def forward(ctx, y, c, u, rows, alpha: float):
         y2 = y.reshape(-1, c.shape[0])
         t = y2.index_select(1, rows)
-        ua = _scaled_u(u, alpha, c.dtype)
+        ua = scaled_u(u, alpha, c.dtype)
         h = (t[:, :, None] * ua.t()[None]).sum(1)
         out = y2 + (h[:, None, :] * c[None]).sum(-1)
         ctx.save_for_backward(t, ua, c, rows)

@@ -102,17 +102,18 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
     return _DTYPES[key]
 
 
-def _parse_device(device: str | torch.device | None) -> torch.device | None:
+def parse_device(device: str | torch.device | None, option: str = "device") -> torch.device | None:
+    """A torch.device that exists here, or one clear error naming `option` (the argument or CLI flag)."""
     if device is None:
         return None
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise CurloraError(f"Unknown device {device!r} ({exc}). Use e.g. 'cpu', 'cuda' or 'cuda:0'.") from exc
+    except (RuntimeError, TypeError):
+        raise CurloraError(f"{option} must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CurloraError(f"Device {device!r} was requested but CUDA is not available. Use device 'cpu'.")
+        raise CurloraError(f"{option} {device!r} was asked for but no CUDA GPU is visible; use cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise CurloraError(f"Device {device!r} was requested but MPS is not available. Use device 'cpu'.")
+        raise CurloraError(f"{option} {device!r} was asked for but MPS is not available; use cpu")
     return dev
 
 
@@ -187,7 +188,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
-    dev = _parse_device(device)
+    dev = parse_device(device)
     name = os.fspath(name_or_path)
     path = resolve_model(name)
     is_hub = not os.path.isdir(path)

@@ -29,7 +29,7 @@ from curlora.cur import SAMPLING_STRATEGIES
 from curlora.errors import CurloraError
 from curlora.files import atomic_write_json, atomic_write_text, package_version
 from curlora.metrics import perplexity
-from curlora.models.load import parse_dtype
+from curlora.models.load import parse_device, parse_dtype
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -148,12 +148,7 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """`auto` picks CUDA when visible; dtype `auto` is bf16 on CUDA and fp32 on the CPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise CurloraError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CurloraError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    dev = parse_device(device, "--device")
     if dtype == "auto":
         return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     return dev, parse_dtype(dtype)

@@ -108,7 +108,7 @@ if triton is not None:
 
     @triton.jit
     def _scaled_u(u_ptr, offs_r, mask_r, R, alpha, dtype):
-        """α·U (RP × RP, zero padded) in the activation dtype, as the torch path's `_scaled_u`."""
+        """α·U (RP × RP, zero padded) in the activation dtype, as the torch path's `layer.scaled_u`."""
         u = tl.load(u_ptr + offs_r[:, None] * R + offs_r[None, :], mask=mask_r[:, None] & mask_r[None, :], other=0.0)
         return (u.to(tl.float32) * alpha).to(dtype)
 

@@ -33,7 +33,7 @@ from curlora.tuner import basis, kernels, mixed
 from curlora.tuner.saved import fit_fingerprint_buffers
 
 
-def _scaled_u(u: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
+def scaled_u(u: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
     """α·U in the factors' dtype: α is folded into the r × r matrix, never applied to an activation."""
     if alpha != 1.0:
         u = alpha * u
@@ -59,7 +59,7 @@ class _FromBaseOutput(torch.autograd.Function):
         t = y2.index_select(1, rows)
         if bias_rows is not None:
             t = t - bias_rows
-        ua = _scaled_u(u, alpha, c.dtype)
+        ua = scaled_u(u, alpha, c.dtype)
         return torch.addmm(y2, F.linear(t, ua), c.t()).view(y.shape), t, ua
 
     @staticmethod
@@ -355,7 +355,7 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
 
     def _add_from_input(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         c, r = self.curlora_C[name], self.curlora_R[name]
-        u = _scaled_u(self.curlora_U[name], self.curlora_alpha[name], c.dtype)
+        u = scaled_u(self.curlora_U[name], self.curlora_alpha[name], c.dtype)
         h = F.linear(F.linear(x.to(r.dtype), r), u)
         if result.dtype == c.dtype:
             # result + h·Cᵀ as one GEMM with the add in its epilogue (beta=1): no out-sized temporary and
