@@ -26,7 +26,7 @@ fi
 ) > $OUT/speed-gpu0.log 2>&1 &
 (
   CUDA_VISIBLE_DEVICES=1 timeout 330 python3 perf/quant_bench.py --out $OUT/quant-eager.json
-  CUDA_VISIBLE_DEVICES=1 timeout 220 python3 perf/serve_bench.py --device cuda --out $OUT/serve.json
+  CUDA_VISIBLE_DEVICES=1 timeout 270 python3 perf/serve_bench.py --device cuda --rounds 3 --decode 32 --out $OUT/serve.json
 ) > $OUT/speed-gpu1.log 2>&1 &
 wait
 grep -E "^\s+\[|^==" $OUT/speed-gpu0.log
