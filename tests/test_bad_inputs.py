@@ -177,6 +177,8 @@ ROWS = [
     # bench options: checked before the run folder is claimed
     ("ppl-max-tokens-0", _bench("--ppl-max-tokens", "0"), "--ppl-max-tokens must be an integer >= 1, got 0"),
     ("methods-comma", _bench("--methods", ","), "names no method"),
+    ("head-lr-0", _bench("--head-lr", "0"), "--head-lr must be a finite number > 0, got 0.0"),
+    ("head-lr-spec-nan", _bench("--methods", "curlora-2:head_lr=nan"), "head_lr must be a finite number > 0"),
     ("device-foo", _bench("--device", "foo"), "--device must be auto, cpu, cuda, cuda:N, mps or xpu:N, got 'foo'"),
     ("lr-nan", _bench("--lr", "nan"), "--lr must be a finite number > 0, got nan"),
     ("lr-negative", _bench("--lr", "-1"), "--lr must be a finite number > 0, got -1"),

@@ -1,9 +1,9 @@
 """Methods the bench compares, parsed from specs like `curlora-16`, `lora-4:lr=1e-3`, `head_only`, `full`.
 
-Spec grammar: NAME[-RANK][:key=value[,key=value...]] with keys lr, sampling (CURLoRA and its controls), alpha
-(not vera). NAME may itself hold '-' (`cur-random-16`). The spec, as written, is the method's label in results
-and reports. Controls of CURLoRA's subspace, r² trainable parameters each (docs/METHODS.md): `cur-random-R`,
-`svd-top-R`, `svd-bottom-R`; and PEFT's VeRA, `vera-R`.
+Spec grammar: NAME[-RANK][:key=value[,key=value...]] with keys lr, head_lr (the classification heads' own rate),
+sampling (CURLoRA and its controls), alpha (not vera). NAME may itself hold '-' (`cur-random-16`). The spec, as
+written, is the method's label in results and reports. Controls of CURLoRA's subspace, r² trainable parameters
+each (docs/METHODS.md): `cur-random-R`, `svd-top-R`, `svd-bottom-R`; and PEFT's VeRA, `vera-R`.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class MethodSpec:
     lr: float | None = None  # None: the preset's learning rate
     sampling: str | None = None  # CURLoRA and its controls only
     alpha: float | None = None
+    head_lr: float | None = None  # None: the bench's head_lr, else the method's lr
 
     @property
     def has_adapter(self) -> bool:
@@ -121,10 +122,10 @@ def parse_method(spec: str) -> MethodSpec:
     for opt in filter(None, (m.group("opts") or "").split(",")):
         key, _, value = opt.partition("=")
         try:
-            if key == "lr" or (key == "alpha" and name != "vera"):  # VeRA has no scale to set
+            if key in ("lr", "head_lr") or (key == "alpha" and name != "vera"):  # VeRA has no scale to set
                 fields[key] = float(value)
-                if not math.isfinite(fields[key]) or (key == "lr" and fields[key] <= 0):
-                    allowed = "a finite number > 0" if key == "lr" else "a finite number"
+                if not math.isfinite(fields[key]) or (key != "alpha" and fields[key] <= 0):
+                    allowed = "a finite number" if key == "alpha" else "a finite number > 0"
                     raise CurloraError(f"{key} must be {allowed}")
             elif key == "sampling" and name in CUR_BASES:
                 check_strategy(value)

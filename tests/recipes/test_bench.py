@@ -133,6 +133,25 @@ def test_stage_can_be_reloaded_and_re_evaluated(tmp_path):
         assert correct / len(enc) == pytest.approx(results["runs"][0]["acc"][2][j], abs=1e-6)
 
 
+def test_heads_learn_at_their_own_rate(tmp_path):
+    """--head-lr (or head_lr= in a method spec) gives the heads their own peak rate and records it; without it the
+    heads train at the method's lr, as they always did."""
+    base, base_out = run_bench(tmp_path, "base", methods=["curlora-2"])
+    fast, fast_out = run_bench(tmp_path, "fast", methods=["curlora-2"], head_lr=5e-2)
+    spec, spec_out = run_bench(tmp_path, "spec", methods=["curlora-2:head_lr=5e-2"])
+    assert base["runs"][0]["head_lr"] == 5e-3 and fast["runs"][0]["head_lr"] == 5e-2 == spec["runs"][0]["head_lr"]
+    stage = "seed-0/stage-0-polar/heads.safetensors"
+    slow_head = load_file(str(base_out / "runs" / "curlora-2" / stage))["head_0.weight"]
+    fast_head = load_file(str(fast_out / "runs" / "curlora-2" / stage))["head_0.weight"]
+    spec_head = load_file(str(spec_out / "runs" / "curlora-2_head_lr_5e-2" / stage))["head_0.weight"]
+    assert not torch.equal(slow_head, fast_head)
+    assert torch.equal(fast_head, spec_head)  # the option and the spec key are the same setting
+    with pytest.raises(CurloraError, match="--head-lr must be a finite number > 0, got 0.0"):
+        make_config("quick", **{**CONFIG, "methods": ["curlora-2"], "head_lr": 0.0})
+    with pytest.raises(CurloraError, match="head_lr"):
+        make_config("quick", **{**CONFIG, "methods": ["curlora-2:head_lr=nan"]})
+
+
 class StopAfter(Reporter):
     def __init__(self, n):
         self.left = n

@@ -79,6 +79,9 @@ def bench(
     batch_size: int | None = typer.Option(None),
     eval_batch_size: int | None = typer.Option(None),
     lr: float | None = typer.Option(None, help="Peak learning rate (AdamW, cosine schedule with warmup)."),
+    head_lr: float | None = typer.Option(
+        None, help="Peak learning rate of the classification heads (default: the method's lr, as in the paper)."
+    ),
     warmup_steps: int | None = typer.Option(None),
     max_length: int | None = typer.Option(None, help="Token limit per example."),
     ppl_max_length: int | None = typer.Option(None, help="Perplexity window."),
@@ -113,6 +116,7 @@ def bench(
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,
         lr=lr,
+        head_lr=head_lr,
         warmup_steps=warmup_steps,
         max_length=max_length,
         ppl_max_length=ppl_max_length,

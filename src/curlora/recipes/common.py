@@ -115,6 +115,7 @@ OPTIONS: dict[str, Rule] = {
     "ppl_max_tokens": _MAYBE_POSITIVE,  # None: the whole text; 0 is a mistake, not "no limit"
     "rank": _POSITIVE,
     "lr": Rule(float, low=0, low_open=True, optional=True),
+    "head_lr": Rule(float, low=0, low_open=True, optional=True),
     "alpha": Rule(float),
     "warmup_steps": Rule(int, low=0, optional=True),
     "warmup_ratio": Rule(float, low=0, high=1, high_open=True, optional=True),

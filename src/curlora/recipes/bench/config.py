@@ -26,6 +26,7 @@ class BenchConfig:
     batch_size: int = 8
     eval_batch_size: int = 64
     lr: float = 1e-3
+    head_lr: float | None = None  # the classification heads' peak lr; None: each method's lr (the paper's setup)
     warmup_steps: int | None = None
     warmup_ratio: float | None = 0.1
     weight_decay: float = 0.0

@@ -183,12 +183,18 @@ class Bench:
         i: int,
         lr: float,
         features: torch.Tensor | None,
+        head_lr: float | None = None,
     ) -> dict:
         cfg = self.config
-        params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+        trained = [p for p in model.parameters() if p.requires_grad]
+        params = trained + list(head.parameters())
         # FSDP2 makes sharded params DTensors while the head stays a plain tensor: foreach cannot mix the two
         foreach = False if any(hasattr(p, "placements") for p in params) else None
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, foreach=foreach)
+        # the head may learn at its own rate; both groups follow the same warm-up and cosine schedule
+        groups = ([{"params": trained, "lr": lr}] if trained else []) + [
+            {"params": list(head.parameters()), "lr": head_lr if head_lr is not None else lr}
+        ]
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, foreach=foreach)
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round((cfg.warmup_ratio or 0) * total)
@@ -296,12 +302,14 @@ class Bench:
     def _run_one(self, spec: MethodSpec, seed: int, encoded, base_ppl: dict, results: dict) -> dict:
         cfg = self.config
         lr = spec.lr if spec.lr is not None else cfg.lr
+        head_lr = spec.head_lr if spec.head_lr is not None else cfg.head_lr
         record = {
             "label": spec.label,
             "method": spec.method,
             "rank": spec.rank,
             "sampling": (spec.sampling or cfg.sampling) if spec.takes_sampling else None,
             "lr": lr,
+            "head_lr": head_lr if head_lr is not None else lr,
             "seed": seed,
             "acc": [],
             "stages": [],
@@ -353,7 +361,7 @@ class Bench:
             feats = None
             if spec.method == "head_only":  # the backbone never changes: embed once, train the head on features
                 feats = self._features(model, train_data, f"embed {task.name}")
-            stage = {"task": task.name, **self._train(model, head, train_data, seed, i, lr, feats)}
+            stage = {"task": task.name, **self._train(model, head, train_data, seed, i, lr, feats, head_lr)}
             heads.append(head.requires_grad_(False))
             t_eval, row = time.perf_counter(), []
             for j in range(i + 1):
