@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,6 @@ def safe_name(label: str) -> str:
 def package_version() -> str:
     """curlora's version from the installed metadata (pyproject.toml is the one place it is written);
     "unknown" when run from a source tree that was never installed (e.g. PYTHONPATH=src on a GPU machine)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("curlora")
     except PackageNotFoundError:

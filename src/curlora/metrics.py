@@ -387,7 +387,7 @@ def delta_norm_ratios(
             for n, p in model.named_parameters()
             if p.requires_grad
         ]
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft only where adapters are measured: reports stay light
 
     ratios = []
     for module in model.modules():

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from peft import set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 
 from curlora import distributed
 from curlora.data import Suite, load_suite, subsample_train
@@ -46,7 +49,7 @@ from curlora.recipes.common import (
     settings_diff,
 )
 from curlora.tuner.config import default_target_modules
-from curlora.tuner.saved import ADAPTER_WEIGHTS, save_adapter
+from curlora.tuner.saved import ADAPTER_WEIGHTS, adapter_bytes, save_adapter
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -198,8 +201,6 @@ class Bench:
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round((cfg.warmup_ratio or 0) * total)
-        from transformers import get_cosine_schedule_with_warmup
-
         sched = get_cosine_schedule_with_warmup(opt, warmup, total)
         torch.manual_seed(derive_seed(seed, i, "dropout"))
         backbone = backbone_of(model)
@@ -407,7 +408,7 @@ class Bench:
                 if ratios and not diverged
                 else None,
                 "head_params": sum(h.weight.numel() + h.bias.numel() for h in heads),
-                "adapter_bytes": (last_dir / "adapter" / ADAPTER_WEIGHTS).stat().st_size
+                "adapter_bytes": adapter_bytes(last_dir / "adapter")
                 if spec.method != "head_only"
                 else None,
                 "wall_s": prior_wall + time.perf_counter() - t_start,
@@ -477,8 +478,6 @@ class Bench:
             h.load_state_dict({"weight": saved[f"head_{j}.weight"], "bias": saved[f"head_{j}.bias"]})
         weights = stage_dir / "adapter" / ADAPTER_WEIGHTS
         if spec.has_adapter:
-            from peft import set_peft_model_state_dict
-
             set_peft_model_state_dict(model, load_file(str(weights), device=str(self.device)))
         elif spec.method == "full":
             state = load_file(str(weights), device=str(self.device))
@@ -559,8 +558,6 @@ def _sharded_delta_norm_ratios(
 ) -> list[float]:
     """`metrics.delta_norm_ratios` of an FSDP-sharded model: each sharded module's own parameters made whole in turn
     (layers first, then the root), so that at most one layer is gathered at a time. A collective."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     names = {id(m): n for n, m in model.named_modules()}
     ratios: list[float] = []
     done: set = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -33,8 +34,6 @@ def _trl():
 
 def _checkpointing_arg() -> str:
     # transformers 5.2x renamed TrainingArguments.gradient_checkpointing to activation_checkpointing
-    import dataclasses
-
     SFTConfig = _trl().SFTConfig  # noqa: N806
 
     names = {f.name for f in dataclasses.fields(SFTConfig)}

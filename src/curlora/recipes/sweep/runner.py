@@ -26,8 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from filelock import FileLock
+
+from curlora.data import load_suite
 from curlora.errors import CurloraError
 from curlora.files import atomic_write_json, safe_name
+from curlora.models.load import load_model
+from curlora.recipes.bench import Bench
 from curlora.recipes.sweep.objectives import run_metrics, summarize
 from curlora.recipes.sweep.space import Configuration, Space
 
@@ -147,8 +152,6 @@ class _Context:
 def _load(space: Space, loader: Callable | None):
     if loader is not None:
         return loader(space.base_config())
-    from curlora.data import load_suite
-    from curlora.models.load import load_model
 
     config = space.base_config()
     model, tokenizer = load_model(config.model)
@@ -157,9 +160,7 @@ def _load(space: Space, loader: Callable | None):
 
 def run_point(ctx: _Context, conf: Configuration, seed: int) -> tuple[dict, bool]:
     """Run (or read back) one bench run; returns (its record, whether it was finished already)."""
-    from filelock import FileLock
 
-    from curlora.recipes.bench import Bench
 
     folder = run_dir(ctx.out, conf.label, seed)
     folder.parent.mkdir(parents=True, exist_ok=True)
