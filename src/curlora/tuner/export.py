@@ -16,12 +16,18 @@ import os
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
+import curlora.tuner  # noqa: F401  (registers CURLoRA with PEFT, so PeftModel can load the adapter)
 from curlora.errors import CurloraError
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from curlora.files import atomic_dir
+from curlora.models.load import load_model
+from curlora.tuner.layer import CURLoRALayer
+from curlora.tuner.saved import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_dir
 
 
 def _curlora_config(folder: Path) -> dict | None:
@@ -36,8 +42,6 @@ def _curlora_config(folder: Path) -> dict | None:
 def _adapters_in(adapter_dir: Path) -> dict[str, Path]:
     """{adapter name: folder}: the root adapter ("default") and any named ones that save_pretrained put in
     subfolders. Refuses a folder that holds no CURLoRA adapter, before anything is loaded or written."""
-    from curlora.tuner.saved import check_adapter_dir
-
     if not adapter_dir.is_dir():
         raise CurloraError(f"{adapter_dir} is not a folder; pass a CURLoRA adapter folder written by save_pretrained()")
     found = {}
@@ -66,18 +70,12 @@ def _load_base(base_model, config: dict) -> nn.Module:
             "the adapter does not record its base model; name it (--model NAME, or base_model=...): the "
             "export rebuilds C and R from the base weights"
         )
-    from curlora import load_model
-
     return load_model(os.fspath(name))[0]
 
 
 def _target_names(model: nn.Module, adapted: list[str]) -> list[str]:
     """Leaf names (q_proj, ...) where they pick out exactly the adapted layers, as engines expect; else the
     full module paths."""
-    from transformers.pytorch_utils import Conv1D
-
-    from curlora.tuner.layer import CURLoRALayer
-
     leaves = sorted({n.rsplit(".", 1)[-1] for n in adapted})
     same = {
         n
@@ -91,8 +89,6 @@ def _target_names(model: nn.Module, adapted: list[str]) -> list[str]:
 
 def _lora_tensors(peft_model, adapter: str) -> tuple[dict[str, torch.Tensor], list[str], int, bool]:
     """LoRA A/B tensors (float32) for one loaded CURLoRA adapter, their module paths, rank, fan_in_fan_out."""
-    from curlora.tuner.layer import CURLoRALayer
-
     tensors, modules, ranks, conv1d = {}, [], set(), False
     for name, layer in peft_model.named_modules():
         if not isinstance(layer, CURLoRALayer) or adapter not in layer.curlora_U:
@@ -113,8 +109,6 @@ def _lora_tensors(peft_model, adapter: str) -> tuple[dict[str, torch.Tensor], li
 
 def _passthrough(folder: Path) -> dict[str, torch.Tensor]:
     """Saved tensors that are not CURLoRA's (modules_to_save, e.g. a classification head): kept as they are."""
-    from safetensors import safe_open
-
     with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys() if ".curlora_" not in k}
 
@@ -133,10 +127,6 @@ def export_lora(
     Named adapters saved in subfolders are exported to the same subfolders. The folder is written whole or not
     at all; an existing `out_dir` is refused unless `force`. Returns {adapter name: exported folder}.
     """
-    from peft import LoraConfig, PeftModel
-    from safetensors.torch import save_file
-
-    from curlora.files import atomic_dir
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     adapters = _adapters_in(adapter_dir)
@@ -148,8 +138,6 @@ def export_lora(
     model = _load_base(base_model, first_config)
     peft_model = None
     try:
-        import curlora  # noqa: F401  (registers CURLoRA with PEFT)
-
         for name, folder in adapters.items():
             if peft_model is None:
                 peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)

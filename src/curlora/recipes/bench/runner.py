@@ -48,13 +48,11 @@ from curlora.recipes.common import (
     resolve_device,
     settings_diff,
 )
+from curlora.reports.results import RESULTS_FILE, SCHEMA_VERSION
 from curlora.tuner.config import default_target_modules
 from curlora.tuner.saved import ADAPTER_WEIGHTS, adapter_bytes, save_adapter
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
-
-
 class Bench:
     def __init__(
         self,
@@ -494,7 +492,7 @@ class Bench:
         if partial is not None:
             runs = [r for r in runs if not (r["label"] == partial["label"] and r["seed"] == partial["seed"])]
             runs.append(partial)
-        atomic_write_json(self.out / "results.json", finite_or_null({**results, "runs": runs}))
+        atomic_write_json(self.out / RESULTS_FILE, finite_or_null({**results, "runs": runs}))
 
     def run(self) -> dict:
         try:

@@ -35,6 +35,7 @@ from curlora.models.load import load_model
 from curlora.recipes.bench import Bench
 from curlora.recipes.sweep.objectives import run_metrics, summarize
 from curlora.recipes.sweep.space import Configuration, Space
+from curlora.reports.results import RESULTS_FILE as BENCH_RESULTS
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -76,7 +77,7 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
 
 def read_run(out: Path, conf: Configuration, seed: int) -> dict | None:
     """The finished bench record of one point, or None (not run, or killed part-way)."""
-    path = run_dir(out, conf.label, seed) / "results.json"
+    path = run_dir(out, conf.label, seed) / BENCH_RESULTS
     try:
         results = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -229,7 +230,8 @@ def _grid(space: Space, out: Path, options: Options, reporter: SweepReporter, fa
     n = min(options.jobs, len(todo))  # no worker loads a model only to find the queue empty
     for _ in range(n):
         tasks.put(None)
-    pump(spawn(space, out, options, tasks, events, n), events, reporter, failures)
+    procs, _ready = spawn(space, out, options, tasks, events, n)
+    pump(procs, events, reporter, failures)
 
 
 # -- whole sweep ------------------------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def _suite_info(out: Path, confs: list[Configuration], seeds: list[int]) -> dict
     for conf in confs:
         for seed in seeds:
             try:
-                res = json.loads((run_dir(out, conf.label, seed) / "results.json").read_text())
+                res = json.loads((run_dir(out, conf.label, seed) / BENCH_RESULTS).read_text())
             except (FileNotFoundError, json.JSONDecodeError):
                 continue
             return {k: res["suite"].get(k) for k in ("name", "tasks", "ppl_name")} | {
