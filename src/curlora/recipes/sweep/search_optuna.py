@@ -133,4 +133,5 @@ def run_optuna(space: Space, out: Path, options: Options, reporter: SweepReporte
         return
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
-    pump(spawn(space, out, options, None, events, options.jobs), events, reporter, failures)
+    procs, _ready = spawn(space, out, options, None, events, options.jobs)
+    pump(procs, events, reporter, failures)

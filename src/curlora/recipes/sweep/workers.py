@@ -8,11 +8,15 @@ import os
 import queue
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 from curlora.recipes.sweep.runner import Options, SweepReporter, _Context, _do, _load
 from curlora.recipes.sweep.space import Space
+
+# how long a loaded worker waits for the others before it starts anyway (a slow disk, a GPU still busy)
+_READY_TIMEOUT_S = 600
 
 
 def _die_with_parent() -> None:
@@ -39,11 +43,21 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
-def _worker(wid: int, space: Space, out: str, device: str, options: Options, tasks, events) -> None:
+def _worker(wid: int, space: Space, out: str, device: str, options: Options, tasks, events, ready) -> None:
     _die_with_parent()
     _quiet()
     try:
-        model, tokenizer, suite = _load(space, options.loader)
+        try:
+            model, tokenizer, suite = _load(space, options.loader)
+        except BaseException:
+            ready.abort()  # the others must not wait for a worker that will never be ready
+            raise
+        # every worker starts taking points at once: the first to finish loading would otherwise take every point
+        # that is over before the others are ready, and the sweep would run on fewer processes than asked for
+        try:
+            ready.wait(timeout=_READY_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            pass  # another worker failed to load (it reports why) or is slow: run anyway
         ctx = _Context(space, Path(out), device, model, tokenizer, suite)
         confs = {c.label: c for c in space.configurations()}
         if options.search == "optuna":
@@ -71,21 +85,25 @@ def device_of(options: Options, wid: int) -> tuple[str, dict]:
     return "cuda", {"CUDA_VISIBLE_DEVICES": str(gpu)}
 
 
-def spawn(space: Space, out: Path, options: Options, tasks, events, n: int) -> list:
+def spawn(space: Space, out: Path, options: Options, tasks, events, n: int) -> tuple[list, object]:
+    """Start `n` workers; returns them and their start barrier, which the caller must hold until they have exited
+    (a spawned child rebuilds the barrier from the parent's semaphore: dropped early, it is gone)."""
     ctx = mp.get_context("spawn")
+    ready = ctx.Barrier(n)
     procs = []
     for wid in range(n):
         device, env = device_of(options, wid)
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # a spawned child copies the environment at start
         try:
-            p = ctx.Process(target=_worker, args=(wid, space, str(out), device, options, tasks, events), daemon=True)
+            p = ctx.Process(target=_worker, args=(wid, space, str(out), device, options, tasks, events, ready),
+                            daemon=True)
             p.start()
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         procs.append(p)
-    return procs
+    return procs, ready
 
 
 def pump(procs: list, events, reporter: SweepReporter, failures: list) -> None:
