@@ -20,25 +20,15 @@ from curlora.recipes.common import resolve_device
 from curlora.recipes.sft.config import SFTRecipeConfig
 from curlora.testing import save_tiny_model, tiny_llama
 from curlora.tuner.config import CURLoRAConfig
-from curlora.tuner.saved import ADAPTER_CHECKSUMS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
+from curlora.tuner.saved import ADAPTER_CHECKSUMS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter
 
 
 # -- what the rows act on ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
+def ctx(tmp_path_factory, random_curlora_adapter):
     """A tiny model folder, its base weights and a saved CURLoRA adapter (random U) made on them."""
     root = tmp_path_factory.mktemp("bad-inputs")
-    torch.manual_seed(0)
-    base = tiny_llama()
-    state = {k: v.clone() for k, v in base.state_dict().items()}
-    from peft import get_peft_model
-
-    model = get_peft_model(base, CURLoRAConfig(r=2))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "curlora_U" in name:
-                p.normal_()
-    save_adapter(model, root / "adapter")
+    state, _ = random_curlora_adapter(root / "adapter")
     return {"model_dir": save_tiny_model(root / "model"), "state": state, "adapter": root / "adapter"}
 
 

@@ -7,30 +7,20 @@ import shutil
 
 import pytest
 import torch
-from peft import get_peft_model
 from peft.utils import get_peft_model_state_dict
 
 import curlora  # noqa: F401
 from curlora.errors import CurloraError
 from curlora.testing import tiny_llama
-from curlora.tuner.config import CURLoRAConfig
-from curlora.tuner.saved import ADAPTER_CHECKSUMS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
+from curlora.tuner.saved import ADAPTER_CHECKSUMS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter
 
 CASES = 50
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    torch.manual_seed(0)
-    base = tiny_llama()
-    state = {k: v.clone() for k, v in base.state_dict().items()}
-    model = get_peft_model(base, CURLoRAConfig(r=2))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "curlora_U" in name:
-                p.normal_()
+def saved(tmp_path_factory, random_curlora_adapter):
     folder = tmp_path_factory.mktemp("fuzz") / "adapter"
-    save_adapter(model, folder)
+    state, model = random_curlora_adapter(folder)
     reference = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
     return folder, state, reference, model.peft_config["default"]
 
