@@ -137,7 +137,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    monkeypatch.setattr("curlora.tuner.export.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         export_lora(adapter, out, base)
     assert not out.exists()
