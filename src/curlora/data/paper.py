@@ -7,6 +7,8 @@ them:
 * ``MRPC/train.tsv``, ``MRPC/dev.tsv``: UTF-8 with BOM, header ``Quality #1 ID #2 ID #1 String #2 String``
   (tab-separated), label = Quality (1 = paraphrase). Texts hold stray double quotes, so no CSV quoting.
 * ``SST-2/train.tsv``, ``SST-2/dev.tsv``: header ``sentence label`` (1 = positive).
+* ``RTE/train.tsv``, ``RTE/dev.tsv`` (read by ``read_rte``, used by the ``continual`` suite): the Hugging Face
+  ``glue/rte`` export's header ``sentence1 sentence2 label idx``, label 0 = entailment, 1 = not entailment.
 * Sentiment140: latin-1 CSV without header, either the original 6 columns (polarity, id, date, query, user,
   text) or 2 (polarity, text); polarity 0 negative, 2 neutral (dropped), 4 positive. The test file
   ``testdata.manual.2009.06.14.csv`` is the eval set. The training file
@@ -48,12 +50,14 @@ logger = logging.getLogger(__name__)
 
 MRPC_HEADER = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
 SST2_HEADER = ("sentence", "label")
+RTE_HEADER = ("sentence1", "sentence2", "label", "idx")
 S140_TEST = "testdata.manual.2009.06.14.csv"
 S140_TRAIN = "training.1600000.processed.noemoticon.csv"
 S140_DIRS = ("sentiment140", "Sentiment140", "sentiment-140", "")
 WIKITEXT_DIRS = ("wikitext-2", "wikitext-2-raw", "wikitext-2-v1", "wikitext-2-raw-v1", "")
 WIKITEXT_FILES = ("test.txt", "wiki.test.tokens", "wiki.test.raw")
 MRPC_LABELS = ("not paraphrase", "paraphrase")
+RTE_LABELS = ("entailment", "not entailment")
 
 _DATA_DIR_FIX = (
     "pass --data-dir pointing to the GLUE layout: a folder holding MRPC/ and SST-2/ (or a glue/ folder with "
@@ -77,32 +81,54 @@ def load_paper_suite(
     """
     if data_dir is None:
         return _load_from_hub()
+    glue, bases = data_roots(data_dir)
+    mrpc = glue_task(glue, "mrpc")
+    sst2 = glue_task(glue, "sst2")
+    s140 = sentiment140_task(bases, sentiment140_path, vader_dir)
+    ppl_text, wiki_path = wikitext_test(bases, wikitext_path)
+    return _suite([mrpc, sst2, s140], ppl_text, s140.notes[0], str(wiki_path))
+
+
+def data_roots(data_dir: str | os.PathLike) -> tuple[Path, list[Path]]:
+    """(the folder holding the GLUE task folders, the folders to search for sentiment140/, wikitext-2/,
+    vader/): ``data_dir`` itself, and its parent too when ``data_dir`` is the ``glue/`` folder itself."""
     root = Path(data_dir).expanduser()
     glue = _glue_root(root)
-    bases = [root] if glue != root else [root, root.parent]
+    return glue, ([root] if glue != root else [root, root.parent])
 
-    mrpc_dir, sst_dir = glue / "MRPC", glue / "SST-2"
-    mrpc_hint = f"the GLUE distribution's MRPC files (tab-separated, header {' / '.join(MRPC_HEADER)})"
-    sst_hint = f"the GLUE distribution's SST-2 files (tab-separated, header {' / '.join(SST2_HEADER)})"
-    mrpc = _task(
-        "mrpc",
-        "pair",
-        MRPC_LABELS,
-        read_mrpc(_require(mrpc_dir / "train.tsv", mrpc_hint)),
-        read_mrpc(_require(mrpc_dir / "dev.tsv", mrpc_hint)),
-        ["GLUE MRPC: train.tsv for training, dev.tsv for evaluation (GLUE test labels are hidden)"],
-        mrpc_dir,
-    )
-    sst2 = _task(
-        "sst2",
-        "single",
-        SENTIMENT_LABELS,
-        read_sst2(_require(sst_dir / "train.tsv", sst_hint)),
-        read_sst2(_require(sst_dir / "dev.tsv", sst_hint)),
-        ["GLUE SST-2: train.tsv for training, dev.tsv for evaluation (GLUE test labels are hidden)"],
-        sst_dir,
+
+# name -> (GLUE folder, kind, label names, reader, header) for the GLUE tasks read from local files
+def _glue_specs() -> dict:
+    return {
+        "mrpc": ("MRPC", "pair", MRPC_LABELS, read_mrpc, MRPC_HEADER),
+        "sst2": ("SST-2", "single", SENTIMENT_LABELS, read_sst2, SST2_HEADER),
+        "rte": ("RTE", "pair", RTE_LABELS, read_rte, RTE_HEADER),
+    }
+
+
+def glue_task(glue: Path, name: str) -> Task:
+    """One GLUE task (``mrpc``, ``sst2`` or ``rte``): train.tsv for training, dev.tsv for evaluation."""
+    folder_name, kind, labels, reader, header = _glue_specs()[name]
+    folder = glue / folder_name
+    hint = f"the GLUE distribution's {folder_name} files (tab-separated, header {' / '.join(header)})"
+    return _task(
+        name,
+        kind,
+        labels,
+        reader(_require(folder / "train.tsv", hint)),
+        reader(_require(folder / "dev.tsv", hint)),
+        [f"GLUE {folder_name}: train.tsv for training, dev.tsv for evaluation (GLUE test labels are hidden)"],
+        folder,
     )
 
+
+def sentiment140_task(
+    bases: list[Path],
+    sentiment140_path: str | os.PathLike | None = None,
+    vader_dir: str | os.PathLike | None = None,
+) -> Task:
+    """Sentiment140: eval on its test file; train on its 1.6M file, else on the VADER tweets (notes[0] says
+    which)."""
     test_path, train_path = _find_sentiment140(bases, sentiment140_path)
     s140_eval = read_sentiment140(test_path)
     if train_path is not None:
@@ -117,7 +143,7 @@ def load_paper_suite(
             f"built-in VADER tweets (binary, |rating| >= {NEAR_ZERO}) and evaluated on the Sentiment140 "
             f"test set {test_path.name} (neutral tweets dropped)"
         )
-    s140 = _task(
+    return _task(
         "sentiment140",
         "single",
         SENTIMENT_LABELS,
@@ -127,11 +153,14 @@ def load_paper_suite(
         test_path,
     )
 
+
+def wikitext_test(bases: list[Path], wikitext_path: str | os.PathLike | None = None) -> tuple[str, Path]:
+    """(the perplexity text, the file it came from): the WikiText-2 test file, see ``wikitext_ppl_text``."""
     wiki_path = _find_wikitext(bases, wikitext_path)
     ppl_text = wikitext_ppl_text(_read_text(wiki_path).split("\n"))
     if not ppl_text:
         raise CurloraError(f"{wiki_path} has no text; replace it with the WikiText-2 test file")
-    return _suite([mrpc, sst2, s140], ppl_text, s140_note, str(wiki_path))
+    return ppl_text, wiki_path
 
 
 def _suite(tasks: list[Task], ppl_text: str, s140_note: str, wiki_origin: str) -> Suite:
@@ -226,6 +255,16 @@ def read_sst2(path: str | os.PathLike) -> list[Example]:
     out = []
     for lineno, (sentence, label) in _read_tsv(path, SST2_HEADER):
         out.append(Example(sentence.strip(), _label(label, {"0": 0, "1": 1}, path, lineno, "label")))
+    return out
+
+
+def read_rte(path: str | os.PathLike) -> list[Example]:
+    """RTE pairs (premise, hypothesis) from a GLUE ``train.tsv``/``dev.tsv`` in the Hugging Face export's
+    layout: label 0 = entailment, 1 = not entailment."""
+    path = Path(path)
+    out = []
+    for lineno, (s1, s2, label, _idx) in _read_tsv(path, RTE_HEADER):
+        out.append(Example(s1.strip(), _label(label, {"0": 0, "1": 1}, path, lineno, "label"), s2.strip()))
     return out
 
 

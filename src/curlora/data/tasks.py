@@ -3,7 +3,9 @@
 Every task is a text classification problem with integer labels ``0 .. len(label_names) - 1``. A ``Task``
 checks itself when built: both splits non-empty, labels in range, pair tasks carry a second text, and each
 split holds at least two classes. Splits are fixed by the loaders (see ``stable_order``) so they never depend
-on the run seed; only ``subsample_train`` takes the run seed.
+on the run seed; only ``subsample_train`` takes the run seed. ``carve_validation`` moves a fixed, stratified
+part of the training rows into an optional ``val`` split (checked like the others when non-empty);
+``select_tasks`` keeps some of a suite's tasks, in a given order.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Task:
     train: list[Example]
     eval: list[Example]
     notes: list[str] = field(default_factory=list)
+    val: list[Example] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.label_names = tuple(self.label_names)
@@ -50,6 +53,8 @@ class Task:
             )
         for split in ("train", "eval"):
             self._check_split(split, getattr(self, split))
+        if self.val:
+            self._check_split("val", self.val)
 
     def _check_split(self, split: str, examples: Sequence[Example]) -> None:
         if not examples:
@@ -82,7 +87,7 @@ class Task:
             logger.warning("task %r: the %s split lacks class(es) %s", self.name, split, ", ".join(missing))
 
     def label_counts(self, split: str = "train") -> dict[str, int]:
-        """Examples per class name in one split ("train" or "eval")."""
+        """Examples per class name in one split ("train", "eval" or "val")."""
         counts = Counter(ex.label for ex in getattr(self, split))
         return {name: counts.get(k, 0) for k, name in enumerate(self.label_names)}
 
@@ -144,7 +149,81 @@ def subsample_train(task: Task, n: int | None, seed: int) -> Task:
             f"the {n} training examples drawn from task {task.name!r} with seed {seed} hold only one class; "
             "use a larger n"
         )
-    return dataclasses.replace(task, train=train, eval=list(task.eval), notes=list(task.notes))
+    return dataclasses.replace(
+        task, train=train, eval=list(task.eval), notes=list(task.notes), val=list(task.val)
+    )
+
+
+VAL_SEED = "curlora-val-v1"  # with the task name, fixes every validation split; never the run seed
+
+
+def carve_validation(task: Task, n: int) -> Task:
+    """A copy of ``task`` whose ``val`` split holds ``n`` of its training examples, removed from ``train``.
+
+    The examples are drawn stratified by label (each class gives its share of ``n``, largest remainders
+    rounded up) in an order fixed by ``VAL_SEED``, the task name and the texts alone, so the split is the same
+    for every run seed. ``n = 0`` returns ``task`` itself.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise CurloraError(f"the validation size must be a non-negative integer, got {n!r}")
+    if n == 0:
+        return task
+    if task.val:
+        raise CurloraError(
+            f"task {task.name!r} already has a validation split ({len(task.val)} examples); carve it once"
+        )
+    available = len(task.train)
+    if n >= available:
+        raise CurloraError(
+            f"cannot carve {n} validation examples from the {available} training examples of task "
+            f"{task.name!r}: use n < {available} so that training data remains"
+        )
+    counts = Counter(ex.label for ex in task.train)
+    labels = sorted(counts)
+    exact = {k: n * counts[k] / available for k in labels}
+    quota = {k: int(exact[k]) for k in labels}
+    by_remainder = sorted(labels, key=lambda k: (-(exact[k] - quota[k]), k))
+    for k in by_remainder[: n - sum(quota.values())]:
+        quota[k] += 1
+    left = {k: counts[k] - quota[k] for k in labels}
+    if sum(1 for k in labels if quota[k]) < 2 or sum(1 for k in labels if left[k]) < 2:
+        raise CurloraError(
+            f"carving {n} validation examples from task {task.name!r} (train classes "
+            f"{ {task.label_names[k]: counts[k] for k in labels} }) would leave fewer than two classes in "
+            "the validation or the training split; choose another n"
+        )
+    picked: set[int] = set()
+    for k in labels:
+        idx = [i for i, ex in enumerate(task.train) if ex.label == k]
+        ordered = stable_order(idx, f"{VAL_SEED}/{task.name}/{k}", key=lambda i: _pair_key(task.train[i]))
+        picked.update(ordered[: quota[k]])
+    train = [ex for i, ex in enumerate(task.train) if i not in picked]
+    val = [task.train[i] for i in sorted(picked)]
+    return dataclasses.replace(task, train=train, eval=list(task.eval), notes=list(task.notes), val=val)
+
+
+def _pair_key(ex: Example) -> str:
+    return ex.text if ex.text_pair is None else f"{ex.text}\x00{ex.text_pair}"
+
+
+def select_tasks(suite: Suite, order: Sequence[str] | None) -> Suite:
+    """``suite`` with only the tasks named in ``order``, in that order (``None``: unchanged)."""
+    if order is None:
+        return suite
+    names = [t.name for t in suite.tasks]
+    choices = f"choose one or more of {', '.join(names)} (each once)"
+    if isinstance(order, str) or not list(order):
+        raise CurloraError(f"the task order for suite {suite.name!r} must be a non-empty list of names; {choices}")
+    unknown = [o for o in order if o not in names]
+    if unknown:
+        raise CurloraError(f"suite {suite.name!r} has no task(s) {', '.join(map(repr, unknown))}; {choices}")
+    dupes = sorted({o for o in order if list(order).count(o) > 1})
+    if dupes:
+        raise CurloraError(f"the task order for suite {suite.name!r} names {', '.join(dupes)} twice; {choices}")
+    notes = list(suite.notes)
+    if list(order) != names:
+        notes.append(f"tasks selected and ordered: {' -> '.join(order)}")
+    return dataclasses.replace(suite, tasks=[suite.task(o) for o in order], notes=notes)
 
 
 def text_key(text: str) -> str:
