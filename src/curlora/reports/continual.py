@@ -171,12 +171,11 @@ def _run_metrics(run: dict, order: list[str]) -> dict[str, Any]:
     rows = validate_acc_matrix(run["acc"])
     t = len(rows) - 1
     before, after = _num(run, "ppl_before"), _num(run, "ppl_after")
-    val = validate_acc_matrix(run["val_acc"])
     return {
-        "acc": average_accuracy(rows),
-        "val_acc": average_accuracy(val),
-        "bwt": backward_transfer(rows),
-        "forgetting": forgetting(rows),
+        "acc": average_accuracy(run["acc"]),
+        "val_acc": average_accuracy(run["val_acc"]),
+        "bwt": backward_transfer(run["acc"]),
+        "forgetting": forgetting(run["acc"]),
         "ppl": after / before if before and after is not None else None,
         "kl": _num(run, "kl", "kl"),
         "dw": _num(run, "delta_norm_ratio", "mean"),

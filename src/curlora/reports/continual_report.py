@@ -96,7 +96,8 @@ def _design(a: dict[str, Any]) -> list[str]:
                           for k in info["eval_prior"])
         rows.append([t, str(info["n_train"] or "—"), str(info["n_val"] or "—"), str(info["n_eval"]),
                      fmt(info["majority"]), prior])
-    lines += _md_table(["Task", "Train", "Val", "Eval", "Majority (eval)", "Label share train / eval"], rows)
+    lines += _md_table(["Task", "Train", "Val", "Eval", "Majority (eval)", "Label share train / eval"], rows,
+                        ["l", "r", "r", "r", "r", "l"])
     if a["suite_notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in a["suite_notes"]]
     return lines
@@ -109,7 +110,8 @@ def _group(g: dict[str, Any], reference: str, plot: str | None) -> list[str]:
              "", "### Model selection (validation only)", ""]
     rows = [[s["family"], fmt_lr(c["lr"]), str(c["n"]), fmt(c["val_acc"]), fmt(c["test_acc"]),
              "selected" if c["lr"] == s["lr"] else ""] for s in g["selection"] for c in s["candidates"]]
-    lines += _md_table(["Family", "lr", "Units", "Val avg acc", "Test avg acc (not used)", ""], rows)
+    lines += _md_table(["Family", "lr", "Units", "Val avg acc", "Test avg acc (not used)", ""], rows,
+                        ["l", "r", "r", "r", "r", "l"])
     lines += ["", "### Methods (selected configurations)", ""]
     rows = []
     for f, fam in g["families"].items():
@@ -127,7 +129,7 @@ def _group(g: dict[str, Any], reference: str, plot: str | None) -> list[str]:
             rows.append([f, t, _pm(r["diag"]), _pm(r["final"]), _pm(r["gain"]), _pm(r["forgetting"]),
                          "n/a (no gain)" if r["relforg"] is None else fmt(r["relforg"])])
     lines += _md_table(["Family", "Task", "Just trained", "Final", "Gain", "Forgetting", "Relative forgetting"],
-                       rows)
+                       rows, ["l", "l", "r", "r", "r", "r", "r"])
     lines += ["", "### Paired comparisons", "",
               "A − B per unit: mean [95 % t interval] (n); bootstrap: percentile interval over eval examples.", ""]
     rows = []
@@ -137,7 +139,8 @@ def _group(g: dict[str, Any], reference: str, plot: str | None) -> list[str]:
             boot = f"[{fmt(m['boot_low'])}, {fmt(m['boot_high'])}]" if key == "acc" and m.get("boot_low") is not None \
                 else "—"
             rows.append([f"{c['a']} vs {c['b']}", title, _ci(m), boot, m["verdict"]])
-    lines += _md_table(["A vs B", "Metric", "A − B [95 % CI] (n)", "Bootstrap 95 %", "Verdict"], rows)
+    lines += _md_table(["A vs B", "Metric", "A − B [95 % CI] (n)", "Bootstrap 95 %", "Verdict"], rows,
+                        ["l", "l", "r", "r", "l"])
     lines += ["", "### Diverged runs", ""]
     if g["diverged"]:
         lines += _md_table(["Setting", "Run", "Seed", "Reason"],
