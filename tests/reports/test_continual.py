@@ -211,3 +211,9 @@ def test_committed_report_matches_docs_study2():
 
 def test_results_survive_json_round_trip(study):
     validate_study(json.loads(json.dumps(study)))
+
+
+def test_committed_findings_template_uses_known_keys(analysed):
+    # docs/study2/findings.md is written against the design; the synthetic study has the same families and groups
+    _, analysis = analysed
+    fill_template((STUDY2 / "findings.md").read_text(encoding="utf-8"), flat_values(analysis))
