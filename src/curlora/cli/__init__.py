@@ -61,13 +61,14 @@ from curlora.cli.info import info  # noqa: E402
 from curlora.cli.merge import merge  # noqa: E402
 from curlora.cli.report import report  # noqa: E402
 from curlora.cli.sft import sft  # noqa: E402
-from curlora.cli.study import study_report  # noqa: E402
+from curlora.cli.study import study_app, study_report  # noqa: E402
 from curlora.cli.sweep import sweep_app  # noqa: E402
 
 app.command()(bench)
 app.command()(report)
 app.command()(merge)
 app.command(name="study-report")(study_report)
+app.add_typer(study_app, name="study")
 app.command()(info)
 app.add_typer(data_app, name="data")
 app.command()(sft)

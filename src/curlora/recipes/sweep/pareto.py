@@ -15,33 +15,12 @@ like the classical definition (a tie plus a clear win dominates), so exact dupli
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
-# two-sided 95 % Student-t quantiles t(0.975, df), df = 1..30 (standard table values)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-TIE_TOL = 1e-12
+from curlora.reports.stats import TIE_TOL, paired_interval, t975
 
-
-def t975(df: int) -> float:
-    if df < 1:
-        raise ValueError("df must be >= 1")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964  # Cornish-Fisher expansion around the normal quantile, accurate to 1e-3 above df = 30
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def paired_interval(diffs: Sequence[float]) -> tuple[float, float, float] | None:
-    """(mean, low, high) of the 95 % t interval of the mean of paired differences; None below two values."""
-    n = len(diffs)
-    if n < 2:
-        return None
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = t975(n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+# the t interval lives with the study report's statistics; re-exported here for the sweep's modules and tests
+__all__ = ["TIE_TOL", "compare", "dominates", "front", "paired_interval", "t975"]
 
 
 def compare(a: Mapping[int, float], b: Mapping[int, float], higher_is_better: bool) -> str:
