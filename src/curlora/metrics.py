@@ -205,14 +205,14 @@ def _forward_kwargs(model: Any) -> set[str]:
     return {name for name in ("logits_to_keep", "use_cache") if name in params}
 
 
-def _resolve_ids(tokenizer: Any, text: str | None, input_ids: Any) -> torch.Tensor:
+def _resolve_ids(tokenizer: Any, text: str | None, input_ids: Any, what: str = "perplexity") -> torch.Tensor:
     if input_ids is not None:
         if text is not None:
-            raise CurloraError("perplexity: pass either text (with a tokenizer) or input_ids, not both.")
+            raise CurloraError(f"{what}: pass either text (with a tokenizer) or input_ids, not both.")
         ids = input_ids
     else:
         if text is None or tokenizer is None:
-            raise CurloraError("perplexity: nothing to score; pass text and a tokenizer, or input_ids.")
+            raise CurloraError(f"{what}: nothing to score; pass text and a tokenizer, or input_ids.")
         try:
             enc = tokenizer(text, return_tensors="pt")
         except TypeError:
@@ -223,11 +223,11 @@ def _resolve_ids(tokenizer: Any, text: str | None, input_ids: Any) -> torch.Tens
         ids = ids[0]
     if ids.dim() != 1:
         raise CurloraError(
-            "perplexity: input_ids must be one sequence (shape [n] or [1, n]), "
+            f"{what}: input_ids must be one sequence (shape [n] or [1, n]), "
             f"got shape {tuple(ids.shape)}; join the texts into one string first."
         )
     if ids.is_floating_point() or ids.is_complex():
-        raise CurloraError("perplexity: input_ids must be integer token ids.")
+        raise CurloraError(f"{what}: input_ids must be integer token ids.")
     return ids.long().cpu()
 
 
@@ -418,7 +418,7 @@ def kl_to_base(
 
     Returns ``{"kl": mean nats per scored token, "kl_max_token": largest per-token KL, "tokens": n}``.
     """
-    ids = _resolve_ids(None, None, input_ids).clone()
+    ids = _resolve_ids(None, None, input_ids, "kl_to_base").clone()
     if max_tokens is not None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
             raise CurloraError(f"kl_to_base: max_tokens must be an integer >= 2 or None, got {max_tokens!r}.")
