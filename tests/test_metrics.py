@@ -248,3 +248,93 @@ def test_plain_forward_matches_logits_to_keep_path(tiny_llama):
     plain = perplexity(_PlainLM(tiny_llama), input_ids=ids, max_length=64, stride=32, batch_size=3)
     assert plain["tokens"] == fast["tokens"]
     assert plain["ppl"] == pytest.approx(fast["ppl"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- kl_to_base
+
+
+def _kl_rows(model, base, window):
+    """KL(p_base || p_model) at every position of one window, straight from the full-window logits."""
+    with torch.no_grad():
+        logq = F.log_softmax(model(input_ids=window[None]).logits[0].float(), dim=-1)
+        logp = F.log_softmax(base(input_ids=window[None]).logits[0].float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def kl_pair():
+    """A tiny Llama base and a copy with every weight nudged (tiny_llama's own helper: vocab 320)."""
+    import copy
+
+    from curlora.testing import tiny_llama as make_tiny_llama
+
+    base = make_tiny_llama(seed=3)
+    model = copy.deepcopy(base)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model, base
+
+
+def test_kl_to_identical_model_is_zero(kl_pair):
+    import copy
+
+    from curlora.metrics import kl_to_base
+
+    _, base = kl_pair
+    res = kl_to_base(copy.deepcopy(base), base, _ids(120), max_length=64, stride=32)
+    assert res["kl"] < 1e-6 and res["kl_max_token"] < 1e-6
+    assert res["tokens"] == 119 == perplexity(base, input_ids=_ids(120), max_length=64, stride=32)["tokens"]
+
+
+def test_kl_full_sequence_matches_direct(kl_pair):
+    from curlora.metrics import kl_to_base
+
+    model, base = kl_pair
+    ids = _ids(100)
+    res = kl_to_base(model, base, ids, max_length=128, stride=64)
+    direct = _kl_rows(model, base, ids)[:-1]  # the last position predicts a token that is not there
+    assert res["tokens"] == 99
+    assert res["kl"] > 1e-3  # the nudged copy really differs
+    assert res["kl"] == pytest.approx(direct.double().mean().item(), abs=1e-5)
+    assert res["kl_max_token"] == pytest.approx(direct.max().item(), abs=1e-5)
+
+
+def test_kl_overlapping_windows_score_each_token_once(kl_pair):
+    from curlora.metrics import kl_to_base
+
+    model, base = kl_pair
+    n, max_length, stride = 40, 16, 6
+    ids = _ids(n, seed=5)
+    # token t is scored in the first window [k*stride, k*stride + max_length) that reaches past it, with
+    # the context from that window's start; compute each one on its own
+    per_token = []
+    for t in range(1, n):
+        begin = next(k * stride for k in range(n) if min(k * stride + max_length, n) > t)
+        per_token.append(_kl_rows(model, base, ids[begin : t + 1])[-2].item())
+    res = kl_to_base(model, base, ids, max_length=max_length, stride=stride)
+    assert res["tokens"] == n - 1
+    assert res["kl"] == pytest.approx(sum(per_token) / len(per_token), abs=1e-5)
+    assert res["kl_max_token"] == pytest.approx(max(per_token), abs=1e-5)
+    batched = kl_to_base(model, base, ids, max_length=max_length, stride=stride, batch_size=3)
+    assert batched["kl"] == pytest.approx(res["kl"], abs=1e-6)
+
+
+def test_kl_max_tokens_truncates_and_modes_restore(kl_pair):
+    from curlora.metrics import kl_to_base
+
+    model, base = kl_pair
+    ids = _ids(200)
+    model.train()
+    try:
+        res = kl_to_base(model, base, ids, max_length=64, stride=64, max_tokens=50)
+        assert model.training and not base.training
+    finally:
+        model.eval()
+    full = kl_to_base(model, base, ids[:50], max_length=64, stride=64)
+    assert res == full and res["tokens"] == 49
+    with pytest.raises(CurloraError, match="max_tokens"):
+        kl_to_base(model, base, ids, max_length=64, stride=64, max_tokens=1)
+    with pytest.raises(CurloraError, match="kl_to_base: stride"):
+        kl_to_base(model, base, ids, max_length=16, stride=32)

@@ -29,11 +29,12 @@ keeps them JSON-serialisable and makes "undefined" explicit.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ __all__ = [
     "delta_norm_ratio",
     "delta_norm_ratios",
     "forgetting",
+    "kl_to_base",
     "mean_sd",
     "perplexity",
     "validate_acc_matrix",
@@ -203,14 +205,14 @@ def _forward_kwargs(model: Any) -> set[str]:
     return {name for name in ("logits_to_keep", "use_cache") if name in params}
 
 
-def _resolve_ids(tokenizer: Any, text: str | None, input_ids: Any) -> torch.Tensor:
+def _resolve_ids(tokenizer: Any, text: str | None, input_ids: Any, what: str = "perplexity") -> torch.Tensor:
     if input_ids is not None:
         if text is not None:
-            raise CurloraError("perplexity: pass either text (with a tokenizer) or input_ids, not both.")
+            raise CurloraError(f"{what}: pass either text (with a tokenizer) or input_ids, not both.")
         ids = input_ids
     else:
         if text is None or tokenizer is None:
-            raise CurloraError("perplexity: nothing to score; pass text and a tokenizer, or input_ids.")
+            raise CurloraError(f"{what}: nothing to score; pass text and a tokenizer, or input_ids.")
         try:
             enc = tokenizer(text, return_tensors="pt")
         except TypeError:
@@ -221,11 +223,11 @@ def _resolve_ids(tokenizer: Any, text: str | None, input_ids: Any) -> torch.Tens
         ids = ids[0]
     if ids.dim() != 1:
         raise CurloraError(
-            "perplexity: input_ids must be one sequence (shape [n] or [1, n]), "
+            f"{what}: input_ids must be one sequence (shape [n] or [1, n]), "
             f"got shape {tuple(ids.shape)}; join the texts into one string first."
         )
     if ids.is_floating_point() or ids.is_complex():
-        raise CurloraError("perplexity: input_ids must be integer token ids.")
+        raise CurloraError(f"{what}: input_ids must be integer token ids.")
     return ids.long().cpu()
 
 
@@ -280,79 +282,14 @@ def perplexity(
     negative log-likelihood per scored token in nats (``ppl == exp(nll)``) and ``max_length``/``stride`` are
     the values actually used.
     """
-    if not isinstance(max_length, int) or max_length < 2:
-        raise CurloraError(f"perplexity: max_length must be an integer >= 2, got {max_length!r}.")
-    if not isinstance(stride, int) or not 1 <= stride <= max_length:
-        raise CurloraError(
-            f"perplexity: stride must be an integer between 1 and max_length ({max_length}), got {stride!r}; "
-            "a larger stride would skip tokens."
-        )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise CurloraError(f"perplexity: batch_size must be a positive integer, got {batch_size!r}.")
     ids = _resolve_ids(tokenizer, text, input_ids)
-    n = int(ids.numel())
-    if n < 2:
-        raise CurloraError(
-            f"perplexity: the text has {n} token(s); at least 2 are needed to score one. Use a longer text."
-        )
-    limit = _max_positions(model)
-    if limit is not None and max_length > limit:
-        logger.info(
-            "perplexity: max_length %d exceeds the model's %d positions; using %d", max_length, limit, limit
-        )
-        max_length = limit
-        stride = min(stride, max_length)
-
-    if device is None:
-        try:
-            device = next(model.parameters()).device
-        except (StopIteration, AttributeError, TypeError):
-            device = torch.device("cpu")
-    device = torch.device(device)
-
-    windows = _windows(n, max_length, stride)
-    # Consecutive windows of equal length form batches (all but possibly the last have length max_length).
-    batches: list[list[tuple[int, int, int]]] = []
-    for w in windows:
-        same_length = bool(batches) and batches[-1][0][1] - batches[-1][0][0] == w[1] - w[0]
-        if same_length and len(batches[-1]) < batch_size:
-            batches[-1].append(w)
-        else:
-            batches.append([w])
-
-    accepted = _forward_kwargs(model)
-    total = len(windows)
+    max_length, stride, batches, device = _plan("perplexity", [model], ids, max_length, stride, batch_size, device)
     total_nll = 0.0
     total_tokens = 0
-    was_training = bool(getattr(model, "training", False))
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                length = batch[0][1] - batch[0][0]
-                x = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
-                # Logits at window position p predict token p+1, so scoring tokens [s, length) needs logits
-                # at positions [s-1, length-1); keep only the last `keep` positions of the output.
-                keep = length - min(f - b for b, _, f in batch) + 1
-                kwargs: dict[str, Any] = {"input_ids": x}
-                if "logits_to_keep" in accepted:
-                    kwargs["logits_to_keep"] = keep
-                if "use_cache" in accepted:
-                    kwargs["use_cache"] = False
-                out = model(**kwargs)
-                logits = out.logits if hasattr(out, "logits") else out[0]
-                logits = logits[:, -keep:, :]
-                offset = length - keep  # window position of logits[:, 0]
-                for row, (b, _, f) in enumerate(batch):
-                    s = f - b  # first scored window position (>= 1)
-                    pred = logits[row, s - 1 - offset : length - 1 - offset].float()
-                    target = x[row, s:length]
-                    total_nll += F.cross_entropy(pred, target, reduction="sum").item()
-                    total_tokens += length - s
-                if progress is not None:
-                    progress(len(batch), total)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.inference_mode():
+        for pred, target in _scored_logits(model, ids, batches, device, progress):
+            total_nll += F.cross_entropy(pred.float(), target, reduction="sum").item()
+            total_tokens += int(target.numel())
 
     nll = total_nll / total_tokens
     return {
@@ -361,8 +298,152 @@ def perplexity(
         "tokens": total_tokens,
         "max_length": max_length,
         "stride": stride,
-        "windows": total,
+        "windows": sum(len(b) for b in batches),
     }
+
+
+def _plan(
+    what: str, models: list[Any], ids: torch.Tensor, max_length: Any, stride: Any, batch_size: Any, device: Any
+) -> tuple[int, int, list[list[tuple[int, int, int]]], torch.device]:
+    """Check the window arguments and lay out the windows in batches; shared by perplexity and kl_to_base so
+    both score exactly the same tokens with the same context."""
+    if not isinstance(max_length, int) or max_length < 2:
+        raise CurloraError(f"{what}: max_length must be an integer >= 2, got {max_length!r}.")
+    if not isinstance(stride, int) or not 1 <= stride <= max_length:
+        raise CurloraError(
+            f"{what}: stride must be an integer between 1 and max_length ({max_length}), got {stride!r}; "
+            "a larger stride would skip tokens."
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise CurloraError(f"{what}: batch_size must be a positive integer, got {batch_size!r}.")
+    n = int(ids.numel())
+    if n < 2:
+        raise CurloraError(f"{what}: the text has {n} token(s); at least 2 are needed to score one. Use a longer text.")
+    limits = [lim for lim in (_max_positions(m) for m in models) if lim is not None]
+    if limits and max_length > min(limits):
+        limit = min(limits)
+        logger.info("%s: max_length %d exceeds the model's %d positions; using %d", what, max_length, limit, limit)
+        max_length = limit
+        stride = min(stride, max_length)
+
+    if device is None:
+        try:
+            device = next(models[0].parameters()).device
+        except (StopIteration, AttributeError, TypeError):
+            device = torch.device("cpu")
+
+    # Consecutive windows of equal length form batches (all but possibly the last have length max_length).
+    batches: list[list[tuple[int, int, int]]] = []
+    for w in _windows(n, max_length, stride):
+        same_length = bool(batches) and batches[-1][0][1] - batches[-1][0][0] == w[1] - w[0]
+        if same_length and len(batches[-1]) < batch_size:
+            batches[-1].append(w)
+        else:
+            batches.append([w])
+    return max_length, stride, batches, torch.device(device)
+
+
+@contextlib.contextmanager
+def _eval_mode(*models: Any) -> Iterator[None]:
+    """Put the models in eval mode and restore each one's train/eval mode afterwards."""
+    modes = [bool(getattr(m, "training", False)) for m in models]
+    try:
+        for m in models:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+
+
+def _scored_logits(
+    model: Any,
+    ids: torch.Tensor,
+    batches: list[list[tuple[int, int, int]]],
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per window, yield (logits [m, vocab] in the model's dtype, target ids [m]) for its m scored tokens.
+
+    The caller holds the grad mode (inference_mode); ``progress(advance, total)`` runs after each forward pass.
+    """
+    accepted = _forward_kwargs(model)
+    total = sum(len(b) for b in batches)
+    for batch in batches:
+        length = batch[0][1] - batch[0][0]
+        x = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
+        # Logits at window position p predict token p+1, so scoring tokens [s, length) needs logits
+        # at positions [s-1, length-1); keep only the last `keep` positions of the output.
+        keep = length - min(f - b for b, _, f in batch) + 1
+        kwargs: dict[str, Any] = {"input_ids": x}
+        if "logits_to_keep" in accepted:
+            kwargs["logits_to_keep"] = keep
+        if "use_cache" in accepted:
+            kwargs["use_cache"] = False
+        out = model(**kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        logits = logits[:, -keep:, :]
+        offset = length - keep  # window position of logits[:, 0]
+        for row, (b, _, f) in enumerate(batch):
+            s = f - b  # first scored window position (>= 1)
+            yield logits[row, s - 1 - offset : length - 1 - offset], x[row, s:length]
+        if progress is not None:
+            progress(len(batch), total)
+
+
+_KL_CHUNK_ELEMENTS = 1 << 24  # 64 MiB of float32 per intermediate: 341 tokens at a 49k vocabulary
+
+
+def kl_to_base(
+    model: Any,
+    base: Any,
+    input_ids: Any,
+    *,
+    max_length: int,
+    stride: int,
+    device: str | torch.device | None = None,
+    batch_size: int = 1,
+    max_tokens: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Mean per-token KL(p_base || p_model) of the next-token distributions, in nats.
+
+    Scores the same tokens with the same context as :func:`perplexity` (the windows are laid out by the
+    same code; ``max_length`` is clamped to the smaller of the two models' position limits): each scored
+    token's distribution under ``base`` and under ``model`` comes from log_softmax of the logits in float32,
+    a chunk of tokens at a time so a 49k vocabulary stays within bounded memory. ``max_tokens`` keeps only
+    the first ``max_tokens`` ids. Both models run in eval mode under ``torch.inference_mode()`` (their modes
+    are restored afterwards); inputs go to ``device`` (default: the model's first parameter's device), and
+    the base's logits are moved to the model's logits' device. ``progress(advance, total)`` counts windows.
+
+    Returns ``{"kl": mean nats per scored token, "kl_max_token": largest per-token KL, "tokens": n}``.
+    """
+    ids = _resolve_ids(None, None, input_ids, "kl_to_base").clone()
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
+            raise CurloraError(f"kl_to_base: max_tokens must be an integer >= 2 or None, got {max_tokens!r}.")
+        ids = ids[:max_tokens]
+    _, _, batches, device = _plan("kl_to_base", [model, base], ids, max_length, stride, batch_size, device)
+    total_kl = 0.0
+    max_kl = 0.0
+    tokens = 0
+    with _eval_mode(model, base), torch.inference_mode():
+        pairs = zip(
+            _scored_logits(model, ids, batches, device, progress),
+            _scored_logits(base, ids, batches, device),
+            strict=True,
+        )
+        for (pred, target), (ref, _) in pairs:
+            ref = ref.to(pred.device)
+            step = max(1, _KL_CHUNK_ELEMENTS // pred.shape[-1])
+            for start in range(0, pred.shape[0], step):
+                logq = F.log_softmax(pred[start : start + step].float(), dim=-1)
+                logp = F.log_softmax(ref[start : start + step].float(), dim=-1)
+                kl = (logp.exp() * (logp - logq)).sum(-1)
+                total_kl += kl.double().sum().item()
+                max_kl = max(max_kl, kl.max().item())
+            tokens += int(target.numel())
+    return {"kl": total_kl / tokens, "kl_max_token": max_kl, "tokens": tokens}
 
 
 def delta_norm_ratio(delta: torch.Tensor, weight: torch.Tensor) -> float:
