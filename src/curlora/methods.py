@@ -1,9 +1,13 @@
-"""Methods the bench compares, parsed from specs like `curlora-16`, `lora-4:lr=1e-3`, `head_only`, `full`.
+"""Methods the bench compares, parsed from specs like `curlora-16`, `lora-4:lr=1e-3`, `head_only`, `full`, `probe`.
 
 Spec grammar: NAME[-RANK][:key=value[,key=value...]] with keys lr, head_lr (the classification heads' own rate),
-sampling (CURLoRA and its controls), alpha (not vera). NAME may itself hold '-' (`cur-random-16`). The spec, as
-written, is the method's label in results and reports. Controls of CURLoRA's subspace, r² trainable parameters
-each (docs/METHODS.md): `cur-random-R`, `svd-top-R`, `svd-bottom-R`; and PEFT's VeRA, `vera-R`.
+sampling (CURLoRA and its controls), alpha (not vera), targets (the adapted modules of this method, joined by '+',
+e.g. `lora-1:targets=v_proj` for a LoRA with CURLoRA-16's parameter count on a Llama).
+`probe` trains nothing by gradient: each task's head is a converged L2-regularised logistic regression on the
+frozen model's features (`curlora.recipes.bench.probe`), the zero-forgetting reference. NAME may itself hold '-'
+(`cur-random-16`). The spec, as written, is the method's label in results and reports. Controls of CURLoRA's
+subspace, r² trainable parameters each (docs/METHODS.md): `cur-random-R`, `svd-top-R`, `svd-bottom-R`; and
+PEFT's VeRA, `vera-R`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from curlora.tuner.config import CURLoRAConfig, default_target_modules
 #: CURLoRA and its controls: method name -> CURLoRAConfig.basis (`curlora.tuner.basis`)
 CUR_BASES = {"curlora": "cur", "cur-random": "random", "svd-top": "svd-top", "svd-bottom": "svd-bottom"}
 RANKED = (*CUR_BASES, "lora", "vera")
-METHODS = (*RANKED, "head_only", "full")
+METHODS = (*RANKED, "head_only", "full", "probe")
+UNRANKED = ("head_only", "full", "probe")
 _SPEC = re.compile(r"^(?P<name>[a-z_]+(?:-[a-z_]+)*)(?:-(?P<rank>\d+))?(?::(?P<opts>.+))?$")
 
 
@@ -87,10 +92,16 @@ class MethodSpec:
     sampling: str | None = None  # CURLoRA and its controls only
     alpha: float | None = None
     head_lr: float | None = None  # None: the bench's head_lr, else the method's lr
+    targets: tuple[str, ...] | None = None  # None: the bench's target modules
 
     @property
     def has_adapter(self) -> bool:
         return self.method in RANKED
+
+    @property
+    def frozen_backbone(self) -> bool:
+        """Only heads learn (head_only, probe): features are embedded once per task and never change."""
+        return self.method in ("head_only", "probe")
 
     @property
     def takes_sampling(self) -> bool:
@@ -108,13 +119,13 @@ def parse_method(spec: str) -> MethodSpec:
     m = _SPEC.match(spec)
     if not m or m.group("name") not in METHODS:
         raise CurloraError(
-            f"unknown method {spec!r}; use one of {', '.join(f'{n}-R' for n in RANKED)}, head_only, full "
+            f"unknown method {spec!r}; use one of {', '.join(f'{n}-R' for n in RANKED)}, {', '.join(UNRANKED)} "
             "(R a rank, e.g. curlora-16; options like curlora-16:lr=1e-3,sampling=uniform)"
         )
     name, rank = m.group("name"), m.group("rank")
     if name in RANKED and rank is None:
         raise CurloraError(f"method {spec!r} needs a rank, e.g. {name}-16")
-    if name in ("head_only", "full") and rank is not None:
+    if name in UNRANKED and rank is not None:
         raise CurloraError(f"method {name} takes no rank; write {name!r}")
     if rank is not None and int(rank) < 1:
         raise CurloraError(f"method {spec!r} has rank {int(rank)}; the rank must be an integer >= 1, e.g. {name}-16")
@@ -130,6 +141,11 @@ def parse_method(spec: str) -> MethodSpec:
             elif key == "sampling" and name in CUR_BASES:
                 check_strategy(value)
                 fields[key] = value
+            elif key == "targets" and name not in ("head_only", "probe"):
+                names = tuple(value.split("+"))
+                if not all(re.fullmatch(r"[A-Za-z_][\w.]*", n) for n in names) or len(set(names)) != len(names):
+                    raise CurloraError("targets must be module names joined by '+', each once, e.g. q_proj+v_proj")
+                fields[key] = names
             else:
                 raise CurloraError(f"option {key!r} does not apply to {name}")
         except ValueError as err:
@@ -137,8 +153,13 @@ def parse_method(spec: str) -> MethodSpec:
     return MethodSpec(label=spec, method=name, rank=int(rank) if rank else None, **fields)
 
 
+def method_targets(spec: MethodSpec, target_modules: list[str]) -> list[str]:
+    """The modules `spec` adapts: its own `targets=` option, else the bench's."""
+    return list(spec.targets) if spec.targets else list(target_modules)
+
+
 def check_rank_fits(model: nn.Module, spec: MethodSpec, target_modules: list[str]) -> None:
-    layers = target_layers(model, target_modules)  # raises when nothing matches
+    layers = target_layers(model, method_targets(spec, target_modules))  # raises when nothing matches
     if spec.rank is None:
         return
     smallest = min(min(layer["out"], layer["in"]) for layer in layers)
@@ -155,6 +176,7 @@ def wrap_model(
     """Make `model` trainable the way `spec` says. Returns the model to train (a PeftModel for adapters)."""
     model.requires_grad_(False)
     alpha = spec.alpha if spec.alpha is not None else alpha
+    target_modules = method_targets(spec, target_modules)
     if spec.method in CUR_BASES:
         config = CURLoRAConfig(
             r=spec.rank,

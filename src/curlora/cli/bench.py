@@ -63,18 +63,26 @@ def print_summary(results: dict) -> None:
 def bench(
     preset: str = typer.Option("quick", help="quick (laptop CPU demo) or paper (the paper's §6.4 settings)."),
     model: str = typer.Option("smollm2-135m", help="Built-in smollm2-135m, a local folder or a Hugging Face id."),
-    suite: str = typer.Option("builtin", help="builtin (VADER, offline) or paper (MRPC → SST-2 → Sentiment140)."),
+    suite: str = typer.Option(
+        "builtin",
+        help="builtin (VADER, offline), paper (MRPC → SST-2 → Sentiment140) or continual (MRPC, SST-2, RTE, "
+        "domain, Amazon, Sentiment140; needs --data-dir).",
+    ),
+    task_order: str | None = typer.Option(None, help="Run these tasks of the suite, in this order: mrpc,rte,sst2."),
     data_dir: Path | None = typer.Option(
         None, help="Folder with the paper data (GLUE layout, sentiment140/, wikitext-2/)."
     ),
     methods: str | None = typer.Option(
         None,
-        help="Comma-separated: curlora-R, lora-R, head_only, full; options "
-        "like curlora-16:lr=1e-3,sampling=uniform need quotes.",
+        help="Comma-separated: curlora-R, lora-R, head_only, full, probe; options "
+        "like curlora-16:lr=1e-3,sampling=uniform or lora-1:targets=v_proj need quotes.",
     ),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
     n_train: int | None = typer.Option(None, help="Training records per task (paper: 1000)."),
     n_eval: int | None = typer.Option(None, help="Evaluate on a fixed subset of N records per task (default: all)."),
+    n_val: int | None = typer.Option(
+        None, help="Carve N validation records per task from its training rows (fixed split), for choosing settings."
+    ),
     epochs: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None),
     eval_batch_size: int | None = typer.Option(None),
@@ -87,6 +95,9 @@ def bench(
     ppl_max_length: int | None = typer.Option(None, help="Perplexity window."),
     ppl_stride: int | None = typer.Option(None, help="Perplexity stride."),
     ppl_max_tokens: int | None = typer.Option(None, help="Score only the first N tokens of the perplexity text."),
+    kl_max_tokens: int | None = typer.Option(
+        None, help="Also measure KL(base ‖ trained) of the next-token distribution on the first N perplexity tokens."
+    ),
     sampling: str | None = typer.Option(
         None, help="CURLoRA selection: inverted, reference, standard, uniform, lowest, highest."
     ),
@@ -112,6 +123,9 @@ def bench(
         seeds=ints(seeds, "--seeds"),
         n_train=n_train,
         n_eval=n_eval,
+        n_val=n_val,
+        task_order=[t.strip() for t in task_order.split(",") if t.strip()] if task_order else None,
+        kl_max_tokens=kl_max_tokens,
         epochs=epochs,
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,

@@ -113,6 +113,8 @@ OPTIONS: dict[str, Rule] = {
     "ppl_max_length": _POSITIVE,
     "ppl_stride": _POSITIVE,
     "ppl_max_tokens": _MAYBE_POSITIVE,  # None: the whole text; 0 is a mistake, not "no limit"
+    "kl_max_tokens": _MAYBE_POSITIVE,  # None: not measured
+    "n_val": Rule(int, low=0),
     "rank": _POSITIVE,
     "lr": Rule(float, low=0, low_open=True, optional=True),
     "head_lr": Rule(float, low=0, low_open=True, optional=True),

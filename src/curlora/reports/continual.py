@@ -167,15 +167,21 @@ def _num(run: dict, *path: str) -> float | None:
     return float(v) if _finite(v) else None
 
 
+def _square(rows: list[list]) -> list[list]:
+    """The bench stores the lower triangle; the metrics take a square matrix with None above the diagonal."""
+    return [list(r) + [None] * (len(rows) - len(r)) for r in rows]
+
+
 def _run_metrics(run: dict, order: list[str]) -> dict[str, Any]:
-    rows = validate_acc_matrix(run["acc"])
+    acc, val = _square(run["acc"]), _square(run["val_acc"])
+    rows = validate_acc_matrix(acc)
     t = len(rows) - 1
     before, after = _num(run, "ppl_before"), _num(run, "ppl_after")
     return {
-        "acc": average_accuracy(run["acc"]),
-        "val_acc": average_accuracy(run["val_acc"]),
-        "bwt": backward_transfer(run["acc"]),
-        "forgetting": forgetting(run["acc"]),
+        "acc": average_accuracy(acc),
+        "val_acc": average_accuracy(val),
+        "bwt": backward_transfer(acc),
+        "forgetting": forgetting(acc),
         "ppl": after / before if before and after is not None else None,
         "kl": _num(run, "kl", "kl"),
         "dw": _num(run, "delta_norm_ratio", "mean"),

@@ -11,6 +11,8 @@ from curlora.models.quantize import check_quantize
 from curlora.recipes.bench.presets import PRESETS
 from curlora.recipes.common import check_options
 
+_LATER_OPTIONS = {"n_val": 0, "task_order": None, "kl_max_tokens": None}
+
 
 @dataclass
 class BenchConfig:
@@ -22,6 +24,8 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     n_train: int | None = None
     n_eval: int | None = None
+    n_val: int = 0  # validation rows carved from each task's training rows (fixed split) for model selection
+    task_order: list[str] | None = None  # a subset of the suite's tasks, in this order; None: the suite's order
     epochs: int = 1
     batch_size: int = 8
     eval_batch_size: int = 64
@@ -34,6 +38,7 @@ class BenchConfig:
     ppl_max_length: int = 256
     ppl_stride: int = 256
     ppl_max_tokens: int | None = None
+    kl_max_tokens: int | None = None  # KL(base || trained) on this many perplexity tokens; None: not measured
     alpha: float = 1.0
     sampling: str = "inverted"
     target_modules: list[str] | None = None
@@ -49,6 +54,10 @@ class BenchConfig:
         d = dataclasses.asdict(self)
         for k in ("device", "eval_batch_size"):
             d.pop(k)
+        # options added later leave the key when at their default, so folders written before them still resume
+        for k, default in _LATER_OPTIONS.items():
+            if d[k] == default:
+                d.pop(k)
         return d
 
 

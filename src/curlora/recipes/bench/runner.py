@@ -31,13 +31,15 @@ from transformers import get_cosine_schedule_with_warmup
 
 from curlora import distributed
 from curlora.data import Suite, load_suite, subsample_train
+from curlora.data.tasks import Task, carve_validation, select_tasks
 from curlora.errors import CurloraError
 from curlora.files import atomic_dir, atomic_write_json, finite_or_null, safe_name
 from curlora.methods import MethodSpec, check_rank_fits, parse_method, trainable_state, wrap_model
-from curlora.metrics import delta_norm_ratio, delta_norm_ratios
+from curlora.metrics import delta_norm_ratio, delta_norm_ratios, kl_to_base
 from curlora.models.load import load_model
 from curlora.recipes.bench.classify import Encoded, backbone_of, batches, encode, hidden_size, new_head, pooled_hidden
 from curlora.recipes.bench.config import BenchConfig
+from curlora.recipes.bench.probe import fit_probe
 from curlora.recipes.common import (
     Reporter,
     claim_run_folder,
@@ -76,7 +78,12 @@ class Bench:
         if not self.dist.is_main:
             self.reporter = Reporter()  # progress and stage summaries come from rank 0 alone
         self._check_out_dir(overwrite)
-        self.suite = suite if suite is not None else load_suite(config.suite, config.data_dir)
+        self.suite = _prepared(
+            suite if suite is not None else load_suite(config.suite, config.data_dir, order=config.task_order),
+            config,
+        )
+        if config.kl_max_tokens and self.dist.fsdp:
+            raise CurloraError("--kl-max-tokens needs the base model on the GPU, which FSDP does not keep; drop it")
         home = torch.device("cpu") if self.dist.fsdp else self.device
         if config.quantize and self.dist.fsdp:
             raise CurloraError("--quantize with FSDP is not supported; run one process per GPU without FSDP")
@@ -152,15 +159,19 @@ class Bench:
         return self.out / "runs" / safe_name(spec.label) / f"seed-{seed}" / f"stage-{i}-{self.suite.tasks[i].name}"
 
     # -- data -------------------------------------------------------------------------------------------------
-    def _encoded(self, seed: int) -> list[tuple[Encoded, Encoded]]:
+    def _eval_examples(self, task: Task) -> list:
+        evals = task.eval
+        if self.config.n_eval is not None and self.config.n_eval < len(evals):
+            # a fixed subset (independent of the run seed): every run is scored on the same examples
+            keep = torch.randperm(len(evals), generator=torch.Generator().manual_seed(20240715))
+            evals = [evals[k] for k in sorted(keep[: self.config.n_eval].tolist())]
+        return evals
+
+    def _encoded(self, seed: int) -> list[tuple[Encoded, Encoded, Encoded | None]]:
+        """(train, eval, validation or None) per task, in suite order."""
         out = []
         for task in self.suite.tasks:
             train = subsample_train(task, self.config.n_train, seed).train
-            evals = task.eval
-            if self.config.n_eval is not None and self.config.n_eval < len(evals):
-                # a fixed subset (independent of the run seed): every run is scored on the same examples
-                keep = torch.randperm(len(evals), generator=torch.Generator().manual_seed(20240715))
-                evals = [evals[k] for k in sorted(keep[: self.config.n_eval].tolist())]
             enc = [
                 encode(
                     self.tokenizer,
@@ -169,9 +180,9 @@ class Bench:
                     [e.label for e in split],
                     self.config.max_length,
                 )
-                for split in (train, evals)
+                for split in (train, self._eval_examples(task), *([task.val] if task.val else []))
             ]
-            out.append((enc[0], enc[1]))
+            out.append((enc[0], enc[1], enc[2] if task.val else None))
         return out
 
     # -- one stage --------------------------------------------------------------------------------------------
@@ -273,9 +284,43 @@ class Bench:
         return distributed.sum_over_ranks_(out, self.dist)  # each row was filled on exactly one rank
 
     @torch.inference_mode()
-    def _accuracy(self, head: nn.Linear, feats: torch.Tensor, data: Encoded) -> float:
+    def _predict(self, head: nn.Linear, feats: torch.Tensor, data: Encoded) -> tuple[float, str]:
+        """Accuracy and the predicted labels, one digit per example in data order (stored for a bootstrap over
+        examples; every task has at most ten classes)."""
         pred = head(feats).argmax(-1).cpu()
-        return float((pred == torch.tensor(data.labels)).float().mean())
+        acc = int((pred == torch.tensor(data.labels)).sum()) / len(data.labels)  # exact: the same as from `pred`
+        return acc, "".join(str(int(k)) for k in pred.tolist())
+
+    def _evaluate(self, model, spec: MethodSpec, heads, encoded, i: int, cache: dict) -> dict:
+        """Every task seen so far, each with its own head: test accuracy and predictions, and validation accuracy
+        when the tasks carry a validation split. A frozen backbone's features are embedded once and cached."""
+        acc, pred, val = [], [], []
+        for j in range(i + 1):
+            for split, data in (("eval", encoded[j][1]), ("val", encoded[j][2])):
+                if data is None:
+                    continue
+                feats = cache.get((j, split))
+                if feats is None:
+                    feats = self._features(model, data, f"{split} {self.suite.tasks[j].name}")
+                    if spec.frozen_backbone:
+                        cache[(j, split)] = feats
+                a, p = self._predict(heads[j], feats, data)
+                if split == "eval":
+                    acc.append(a)
+                    pred.append(p)
+                else:
+                    val.append(a)
+        return {"acc": acc, "pred": pred, **({"val_acc": val} if val else {})}
+
+    def _fit_probe(self, head: nn.Linear, feats: torch.Tensor, data: Encoded, seed: int, i: int) -> dict:
+        """The probe's stage: a converged L2 logistic regression on frozen features replaces gradient training."""
+        t0 = time.perf_counter()
+        labels = torch.tensor(data.labels)
+        fitted, info = fit_probe(feats, labels, head.out_features, seed=derive_seed(seed, i, "probe") % (2**31))
+        with torch.no_grad():
+            head.weight.copy_(fitted.weight)
+            head.bias.copy_(fitted.bias)
+        return {"train_loss": None, "steps": 0, "peak_lr": 0.0, "train_s": time.perf_counter() - t0, "probe": info}
 
     @functools.cached_property
     def _ppl_ids(self) -> torch.Tensor:
@@ -311,6 +356,7 @@ class Bench:
             "head_lr": head_lr if head_lr is not None else lr,
             "seed": seed,
             "acc": [],
+            "pred": [],
             "stages": [],
             "ppl_before": base_ppl["ppl"],
             "ppl_after": None,
@@ -341,7 +387,7 @@ class Bench:
             distributed.broadcast_([p for p in model.parameters() if p.requires_grad], self.dist)
             distributed.check_replicated(model, self.dist, f"{spec.label} model")
         heads: list[nn.Linear] = []
-        eval_feats_frozen: dict[int, torch.Tensor] = {}
+        eval_feats_frozen: dict[tuple[int, str], torch.Tensor] = {}
         prior_wall = 0.0
         for i, task in enumerate(self.suite.tasks):
             stage_dir = self._stage_dir(spec, seed, i)
@@ -351,31 +397,28 @@ class Bench:
                 self._load_stage(model, spec, heads + [head], stage_dir)
                 heads.append(head.requires_grad_(False))
                 stage = self._reuse(stage_dir / "stage.json", spec, seed)
-                record["acc"].append(stage.pop("acc"))
+                self._take_rows(record, stage)
                 record["stages"].append(stage)
                 prior_wall = stage.get("wall_s_total", prior_wall)
                 continue
             self._shard(model)  # FSDP: after loading finished stages (resume), before the first training step
-            train_data, _ = encoded[i]
+            train_data = encoded[i][0]
             feats = None
-            if spec.method == "head_only":  # the backbone never changes: embed once, train the head on features
+            if spec.frozen_backbone:  # the backbone never changes: embed once, train the head on features
                 feats = self._features(model, train_data, f"embed {task.name}")
-            stage = {"task": task.name, **self._train(model, head, train_data, seed, i, lr, feats, head_lr)}
+            if spec.method == "probe":
+                stage = {"task": task.name, **self._fit_probe(head, feats, train_data, seed, i)}
+            else:
+                stage = {"task": task.name, **self._train(model, head, train_data, seed, i, lr, feats, head_lr)}
             heads.append(head.requires_grad_(False))
-            t_eval, row = time.perf_counter(), []
-            for j in range(i + 1):
-                if spec.method == "head_only" and j in eval_feats_frozen:
-                    feats_j = eval_feats_frozen[j]
-                else:
-                    feats_j = self._features(model, encoded[j][1], f"eval {self.suite.tasks[j].name}")
-                    if spec.method == "head_only":
-                        eval_feats_frozen[j] = feats_j
-                row.append(self._accuracy(heads[j], feats_j, encoded[j][1]))
+            t_eval = time.perf_counter()
+            rows = self._evaluate(model, spec, heads, encoded, i, eval_feats_frozen)
+            row = rows["acc"]
             stage["eval_s"] = time.perf_counter() - t_eval
             stage["wall_s_total"] = prior_wall + time.perf_counter() - t_start
-            recorded = {**stage, "acc": row, "settings": self._settings(spec, seed)}
+            recorded = {**stage, **rows, "settings": self._settings(spec, seed)}
             self._save_stage(model, spec, heads, stage_dir, finite_or_null(recorded))
-            record["acc"].append(row)
+            self._take_rows(record, {**stage, **rows})
             record["stages"].append(stage)
             self._write_results(results, record)
             distributed.barrier(self.dist)  # rank 0 has written the stage: every rank sees the same files
@@ -391,6 +434,7 @@ class Bench:
             )
         self._shard(model)
         ppl_after = self._perplexity(model, f"perplexity after ({spec.label})")
+        kl = self._kl(model, spec) if cfg.kl_max_tokens else None
         if model in self._fsdp_groups:
             ratios = _sharded_delta_norm_ratios(model, originals, self._fsdp_groups.pop(model))
         else:
@@ -402,15 +446,17 @@ class Bench:
             {
                 "ppl_after": None if diverged else ppl_after["ppl"],
                 "diverged": diverged,
+                "kl": None if diverged else kl,
                 "delta_norm_ratio": {"mean": sum(ratios) / len(ratios), "max": max(ratios)}
                 if ratios and not diverged
                 else None,
                 "head_params": sum(h.weight.numel() + h.bias.numel() for h in heads),
                 "adapter_bytes": adapter_bytes(last_dir / "adapter")
-                if spec.method != "head_only"
+                if not spec.frozen_backbone
                 else None,
                 "wall_s": prior_wall + time.perf_counter() - t_start,
                 "peak_lr": max(s["peak_lr"] for s in record["stages"]),
+                **({"probe": [s.get("probe") for s in record["stages"]]} if spec.method == "probe" else {}),
                 "complete": True,
             }
         )
@@ -418,6 +464,34 @@ class Bench:
             atomic_write_json(done_file, finite_or_null(record) | {"settings": self._settings(spec, seed)})
         distributed.barrier(self.dist)
         return record
+
+    @staticmethod
+    def _take_rows(record: dict, stage: dict) -> None:
+        """Move one stage's accuracy rows (and predictions) from its stage record into the run record."""
+        record["acc"].append(stage.pop("acc"))
+        record["pred"].append(stage.pop("pred", None))
+        if "val_acc" in stage:
+            record.setdefault("val_acc", []).append(stage.pop("val_acc"))
+
+    def _kl(self, model: nn.Module, spec: MethodSpec) -> dict:
+        """How far the trained LM's next-token distribution moved from the base's on the perplexity text."""
+        cfg = self.config
+        self.reporter.bar(f"KL to the base ({spec.label})", 1)
+        try:
+            with self.autocast:
+                return kl_to_base(
+                    model,
+                    self.base,
+                    self._ppl_ids,
+                    max_length=cfg.ppl_max_length,
+                    stride=cfg.ppl_stride,
+                    device=self.device,
+                    batch_size=8 if self.device.type == "cuda" else 1,
+                    max_tokens=cfg.kl_max_tokens,
+                )
+        finally:
+            self.reporter.advance()
+            self.reporter.end_bar()
 
     # -- several processes ------------------------------------------------------------------------------------
     def _fresh_copy(self) -> nn.Module:
@@ -485,6 +559,28 @@ class Bench:
                     params[name].copy_(value)
 
     # -- whole bench ------------------------------------------------------------------------------------------
+    def _task_info(self, task: Task) -> dict:
+        """What a reader needs to judge a task's accuracies: sizes, label priors, the eval labels in order."""
+        evals = self._eval_examples(task)
+        n_train = len(task.train) if self.config.n_train is None else min(self.config.n_train, len(task.train))
+
+        def counts(examples) -> dict[str, int]:
+            return {name: sum(ex.label == k for ex in examples) for k, name in enumerate(task.label_names)}
+
+        return {
+            "name": task.name,
+            "kind": task.kind,
+            "labels": list(task.label_names),
+            "n_train": n_train,
+            "n_train_pool": len(task.train),
+            "n_val": len(task.val),
+            "n_eval": len(evals),
+            "train_counts": counts(task.train),
+            "val_counts": counts(task.val),
+            "eval_counts": counts(evals),
+            "eval_labels": "".join(str(ex.label) for ex in evals),
+        }
+
     def _write_results(self, results: dict, partial: dict | None = None) -> None:
         if not self.dist.is_main:
             return
@@ -527,6 +623,7 @@ class Bench:
             "suite": {
                 "name": self.suite.name,
                 "tasks": [t.name for t in self.suite.tasks],
+                "task_info": [self._task_info(t) for t in self.suite.tasks],
                 "ppl_name": self.suite.ppl_name,
                 "notes": list(self.suite.notes),
                 "ppl_tokens": base_ppl.get("tokens"),
@@ -548,6 +645,17 @@ class Bench:
         results["runs"].sort(key=lambda r: (order.get(r["label"], 99), r["seed"]))
         self._write_results(results)
         return results
+
+
+def _prepared(suite: Suite, config: BenchConfig) -> Suite:
+    """The suite as this bench runs it: the tasks of --task-order in that order (a suite handed in directly is
+    reordered here too) and --n-val validation rows carved from each task's training rows."""
+    if config.task_order and [t.name for t in suite.tasks] != list(config.task_order):
+        suite = select_tasks(suite, config.task_order)
+    if config.n_val:
+        suite = Suite(suite.name, [carve_validation(t, config.n_val) for t in suite.tasks], suite.ppl_name,
+                      suite.ppl_text, list(suite.notes))
+    return suite
 
 
 @torch.inference_mode()  # like the perplexity before it: FSDP's gather buffers may be inference tensors

@@ -33,6 +33,7 @@ from curlora.errors import CurloraError
 from curlora.files import atomic_write_json, safe_name
 from curlora.models.load import load_model
 from curlora.recipes.bench import Bench
+from curlora.recipes.common import resolve_device
 from curlora.recipes.sweep.objectives import run_metrics, summarize
 from curlora.recipes.sweep.space import Configuration, Space
 from curlora.reports.results import RESULTS_FILE as BENCH_RESULTS
@@ -150,12 +151,16 @@ class _Context:
     suite: object
 
 
-def _load(space: Space, loader: Callable | None):
+def _load(space: Space, loader: Callable | None, device: str = "auto"):
     if loader is not None:
         return loader(space.base_config())
 
     config = space.base_config()
-    model, tokenizer = load_model(config.model)
+    if config.quantize:  # bitsandbytes quantizes while loading onto the worker's GPU, in the compute dtype
+        dev, dtype = resolve_device(device, config.dtype)
+        model, tokenizer = load_model(config.model, quantize=config.quantize, dtype=dtype, device=dev)
+    else:
+        model, tokenizer = load_model(config.model)
     return model, tokenizer, load_suite(config.suite, config.data_dir)
 
 
@@ -211,10 +216,10 @@ def _grid(space: Space, out: Path, options: Options, reporter: SweepReporter, fa
     if not todo:
         return
     if options.jobs == 1:
-        model, tokenizer, suite = _load(space, options.loader)
         device, env = device_of(options, 0)
         if env:
             os.environ.update(env)
+        model, tokenizer, suite = _load(space, options.loader, device)
         ctx = _Context(space, out, device, model, tokenizer, suite)
         for conf, seed in todo:
             try:

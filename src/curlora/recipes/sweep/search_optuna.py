@@ -126,9 +126,9 @@ def run_optuna(space: Space, out: Path, options: Options, reporter: SweepReporte
     _load_study(options, open_storage(options.storage, heartbeat=False))  # created once, before workers race
     reporter.begin((options.trials + 1) * len(space.seeds), 0)  # the reference's runs, then each trial's
     if options.jobs == 1:
-        model, tokenizer, suite = _load(space, options.loader)
         device, env = device_of(options, 0)
         os.environ.update(env)
+        model, tokenizer, suite = _load(space, options.loader, device)
         optuna_loop(_Context(space, out, device, model, tokenizer, suite), options, 0, None, reporter)
         return
     ctx = mp.get_context("spawn")

@@ -139,9 +139,14 @@ def _method_axes(entry: str, ranks: list[int] | None) -> tuple[list[MethodSpec],
         return specs, False
 
 
-def _spec_text(method: str, rank, lr: float, alpha, sampling) -> str:
+def _spec_text(method: str, rank, lr: float, alpha, sampling, spec: MethodSpec | None = None) -> str:
+    """A configuration's spec: the axes' values, plus the options of the listed spec that no axis owns."""
     opts = [f"lr={_fmt(lr)}"] + ([f"alpha={alpha:g}"] if alpha is not None else [])
     opts += [f"sampling={sampling}"] if sampling is not None else []
+    if spec is not None and spec.head_lr is not None:
+        opts.append(f"head_lr={_fmt(spec.head_lr)}")
+    if spec is not None and spec.targets:
+        opts.append("targets=" + "+".join(spec.targets))
     return method + (f"-{rank}" if rank is not None else "") + ":" + ",".join(opts)
 
 
@@ -170,6 +175,8 @@ def configurations(space: Space) -> list[Configuration]:
         specs, takes_sampling = _method_axes(entry, space.ranks)
         for spec in specs:
             lrs = [spec.lr] if spec.lr is not None else (space.lrs or [base.lr])
+            if spec.method == "probe" or (spec.method == REFERENCE and (spec.head_lr or base.head_lr)):
+                lrs = [base.lr]  # nothing learns at the lr (a probe; heads with their own rate): one configuration
             takes_alpha = getattr(spec, "takes_alpha", spec.has_adapter)
             alphas = [spec.alpha] if spec.alpha is not None else (space.alphas if takes_alpha else None)
             samplings = [spec.sampling] if spec.sampling is not None else (
@@ -178,7 +185,7 @@ def configurations(space: Space) -> list[Configuration]:
                 for alpha in alphas or [None]:
                     for sampling in samplings or [None]:
                         for epochs in epochs_axis:
-                            add(_spec_text(spec.method, spec.rank, lr, alpha, sampling), epochs)
+                            add(_spec_text(spec.method, spec.rank, lr, alpha, sampling, spec), epochs)
     add(_spec_text(REFERENCE, None, base.lr, None, None), base.epochs if varying else epochs_axis[0], reference=True)
     return list(out.values())
 

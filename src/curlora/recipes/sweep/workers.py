@@ -48,7 +48,7 @@ def _worker(wid: int, space: Space, out: str, device: str, options: Options, tas
     _quiet()
     try:
         try:
-            model, tokenizer, suite = _load(space, options.loader)
+            model, tokenizer, suite = _load(space, options.loader, device)
         except BaseException:
             ready.abort()  # the others must not wait for a worker that will never be ready
             raise
