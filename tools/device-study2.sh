@@ -3,17 +3,17 @@
 # (`curlora study run --only SETTING`, workers spread over every GPU), started in the background (setsid) so
 # that a call that hits its time limit loses nothing; calling this script again waits on the running settings, or
 # resumes killed ones (finished runs are kept). When all are done it gathers results.json and renders the report.
-# usage: CURLORA_COMMIT=abc1234 bash tools/device-study2.sh [WAIT_SECONDS] [JOBS_PER_ORDER] [JOBS_PAPER]
+# usage: [DESIGN=configs/studies/X.toml] CURLORA_COMMIT=abc1234 bash tools/device-study2.sh [WAIT_SECONDS] [JOBS_PER_ORDER] [JOBS_PAPER]
 # (per GPU-machine: the three task orders take 5 workers each and the shorter paper sequence 3, on one H200)
 source tools/device-setup.sh
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 wait_s=${1:-540}
 jobs_order=${2:-5}
 jobs_paper=${3:-3}
-design=configs/studies/continual.toml
+design=${DESIGN:-configs/studies/continual.toml}
 ngpu=$(nvidia-smi -L | wc -l)
 gpus=$(seq -s, 0 $((ngpu - 1)))
-root=/tmp/study2
+root=/tmp/$(basename $design .toml)
 mkdir -p $root
 python3 -c "import curlora; curlora.load_model()" > $root/convert.log 2>&1
 settings=$(python3 -c "import tomllib; print(' '.join(s['name'] for s in tomllib.load(open('$design', 'rb'))['setting']))")

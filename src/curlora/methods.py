@@ -2,7 +2,9 @@
 
 Spec grammar: NAME[-RANK][:key=value[,key=value...]] with keys lr, head_lr (the classification heads' own rate),
 sampling (CURLoRA and its controls), alpha (not vera), targets (the adapted modules of this method, joined by '+',
-e.g. `lora-1:targets=v_proj` for a LoRA with CURLoRA-16's parameter count on a Llama).
+e.g. `lora-1:targets=v_proj` for a LoRA with CURLoRA-16's parameter count on a Llama), head_init (`probe`: each
+task's head starts as the linear probe fitted on the model's features at that point, then trains with the adapter:
+linear-probe-then-fine-tune).
 `probe` trains nothing by gradient: each task's head is a converged L2-regularised logistic regression on the
 frozen model's features (`curlora.recipes.bench.probe`), the zero-forgetting reference. NAME may itself hold '-'
 (`cur-random-16`). The spec, as written, is the method's label in results and reports. Controls of CURLoRA's
@@ -93,6 +95,7 @@ class MethodSpec:
     alpha: float | None = None
     head_lr: float | None = None  # None: the bench's head_lr, else the method's lr
     targets: tuple[str, ...] | None = None  # None: the bench's target modules
+    head_init: str | None = None  # "probe": each head starts as the probe fitted on the current model's features
 
     @property
     def has_adapter(self) -> bool:
@@ -141,6 +144,10 @@ def parse_method(spec: str) -> MethodSpec:
             elif key == "sampling" and name in CUR_BASES:
                 check_strategy(value)
                 fields[key] = value
+            elif key == "head_init" and name not in ("head_only", "probe"):
+                if value not in ("probe", "random"):
+                    raise CurloraError("head_init must be probe (linear probe, then fine-tune) or random")
+                fields[key] = None if value == "random" else value
             elif key == "targets" and name not in ("head_only", "probe"):
                 names = tuple(value.split("+"))
                 if not all(re.fullmatch(r"[A-Za-z_][\w.]*", n) for n in names) or len(set(names)) != len(names):

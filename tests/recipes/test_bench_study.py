@@ -65,7 +65,8 @@ def test_method_targets_option(tmp_path):
     by_label = {r["label"]: r for r in results["runs"]}
     assert by_label["lora-1:targets=v_proj"]["trainable_params"] == expected
     assert by_label["lora-1"]["trainable_params"] > expected
-    for bad in ("lora-1:targets=", "lora-1:targets=v_proj+v_proj", "head_only:targets=v_proj", "probe-2"):
+    for bad in ("lora-1:targets=", "lora-1:targets=v_proj+v_proj", "head_only:targets=v_proj", "probe-2",
+                "head_only:head_init=probe", "curlora-2:head_init=warm"):
         with pytest.raises(CurloraError):
             parse_method(bad)
     with pytest.raises(CurloraError, match="nope"):
@@ -82,3 +83,13 @@ def test_bad_study_options(tmp_path):
     assert not (tmp_path / "order").exists()  # refused before anything was written
     suite = synthetic_suite()
     assert len(suite.tasks[0].train) == 24
+
+
+def test_linear_probe_then_fine_tune(tmp_path):
+    """head_init=probe: each head starts as the probe fitted on the model's features at that point (recorded per
+    stage), then trains with the adapter; a different starting point gives different heads than a random init."""
+    results, out = run_bench(tmp_path, methods=["curlora-2:head_init=probe", "curlora-2"])
+    lpft, plain = results["runs"]
+    assert all(s["head_init"]["l2"] > 0 and s["steps"] > 0 for s in lpft["stages"])
+    assert all("head_init" not in s for s in plain["stages"])
+    assert parse_method("curlora-2:head_init=random").head_init is None

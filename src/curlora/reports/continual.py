@@ -318,8 +318,11 @@ def analyse(results: dict[str, Any], *, n_boot: int = N_BOOT, seed: int = 0) -> 
     tasks = _task_table(results)
     groups = list(dict.fromkeys(s["group"] for s in results["settings"]))
     first = results["settings"][0]
+    ran = {s["name"]: s["order"] for s in results["settings"]}
+    design = dict(results["design"])  # a setting without a task_order ran its suite's order: name it
+    design["settings"] = [{**s, "order": s.get("order") or ran.get(s["name"]) or []} for s in design["settings"]]
     return {
-        "design": results["design"],
+        "design": design,
         "created": results.get("created"),
         "commit": results.get("commit"),
         "bench": first.get("bench") or results["design"].get("bench") or {},

@@ -408,6 +408,11 @@ class Bench:
                 feats = self._features(model, train_data, f"embed {task.name}")
             if spec.method == "probe":
                 stage = {"task": task.name, **self._fit_probe(head, feats, train_data, seed, i)}
+            elif spec.head_init == "probe":  # linear probe, then fine-tune: the head starts converged
+                init = self._fit_probe(head, self._features(model, train_data, f"probe {task.name}"), train_data,
+                                       seed, i)
+                stage = {"task": task.name, **self._train(model, head, train_data, seed, i, lr, None, head_lr),
+                         "head_init": init["probe"]}
             else:
                 stage = {"task": task.name, **self._train(model, head, train_data, seed, i, lr, feats, head_lr)}
             heads.append(head.requires_grad_(False))
