@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup test lint bench
+.PHONY: setup test lint bench study
 
 setup: $(VENV)/.installed
 
@@ -24,3 +24,14 @@ test: setup lint
 
 bench: setup
 	$(VENV)/bin/curlora bench
+
+# The study (docs/REPORT.md) on one GPU machine with the paper data in DATA: the main design, the linear-probe-then-
+# fine-tune follow-up on the same settings, merged, then the report (about 25 minutes on one H200 with 16 workers).
+DATA ?= ../shared/data
+JOBS ?= 16
+study: setup
+	$(VENV)/bin/curlora study run configs/studies/continual.toml --data-dir $(DATA) --out runs/study --jobs $(JOBS)
+	$(VENV)/bin/curlora study run configs/studies/continual-lpft.toml --data-dir $(DATA) --out runs/study-lpft \
+		--jobs $(JOBS)
+	$(VENV)/bin/curlora study merge runs/study/results.json runs/study-lpft/results.json --out docs/study2/results.json
+	$(VENV)/bin/curlora study report docs/study2 --out docs/REPORT.md

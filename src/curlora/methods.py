@@ -165,6 +165,14 @@ def method_targets(spec: MethodSpec, target_modules: list[str]) -> list[str]:
     return list(spec.targets) if spec.targets else list(target_modules)
 
 
+def spec_family(spec: str) -> str:
+    """A spec without its learning rate: `lora-1:lr=0.001,targets=v_proj` -> `lora-1:targets=v_proj`. Studies compare
+    families, each at the learning rate chosen on validation data."""
+    name, _, opts = spec.partition(":")
+    kept = [o for o in opts.split(",") if o and not o.startswith("lr=")]
+    return name + (":" + ",".join(kept) if kept else "")
+
+
 def check_rank_fits(model: nn.Module, spec: MethodSpec, target_modules: list[str]) -> None:
     layers = target_layers(model, method_targets(spec, target_modules))  # raises when nothing matches
     if spec.rank is None:

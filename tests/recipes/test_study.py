@@ -94,3 +94,32 @@ def test_bad_designs(tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before the first setting ran
     with pytest.raises(CurloraError, match="unknown setting"):
         run_study(load_design(_design(tmp_path)), tmp_path / "bad", Options(loader=sweep_tiny.load), only=["x"])
+
+
+def _part(file, runs, bench=None, methods=("curlora-2",)):
+    setting = {"name": "s", "group": "main", "order": ["a", "b"], "bench": bench or {"n_train": 6},
+               "n_runs_expected": len(runs), "runs": runs, "suite": {}}
+    return {"kind": "study", "schema_version": 1, "commit": file, "created": "t",
+            "design": {"file": file, "methods": list(methods), "lrs": None, "comparisons": [], "notes": [],
+                       "settings_compared": []},
+            "settings": [setting]}
+
+
+def test_merge_unites_runs_checks_settings_and_reports_duplicates():
+    from curlora.recipes.study import merge_studies
+
+    run = {"label": "head_only:lr=0.001", "seed": 0, "acc": [[0.5], [0.5, 0.75]]}
+    twin = {**run, "acc": [[0.5], [0.5, 0.70]]}
+    extra = {"label": "lora-2:lr=0.001,head_init=probe", "seed": 0, "acc": [[0.6], [0.6, 0.8]]}
+    merged = merge_studies([_part("a.toml", [run]), _part("b.toml", [twin, extra], methods=("lora-2",))])
+    (setting,) = merged["settings"]
+    assert [r["label"] for r in setting["runs"]] == ["head_only:lr=0.001", "lora-2:lr=0.001,head_init=probe"]
+    assert setting["runs"][0]["acc"] == run["acc"]  # the first file's copy is kept
+    assert merged["duplicates"]["head_only:lr=0.001"] == {"runs": 1, "max_final_acc_diff": pytest.approx(0.05)}
+    assert merged["design"]["methods"] == ["curlora-2", "lora-2"] and merged["commit"] == "a.toml, b.toml"
+    with pytest.raises(CurloraError, match="differs in: n_train"):
+        merge_studies([_part("a", [run]), _part("b", [run], bench={"n_train": 8})])
+    with pytest.raises(CurloraError, match="not a study results file"):
+        merge_studies([_part("a", [run]), {"kind": "sweep"}])
+    with pytest.raises(CurloraError, match="at least two"):
+        merge_studies([_part("a", [run])])

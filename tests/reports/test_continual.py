@@ -214,6 +214,8 @@ def test_results_survive_json_round_trip(study):
 
 
 def test_committed_findings_template_uses_known_keys(analysed):
-    # docs/study2/findings.md is written against the design; the synthetic study has the same families and groups
+    # before the study has results, the template must at least fill from a synthetic study of the same design
+    if (STUDY2 / "results.json").exists():
+        pytest.skip("the committed results exist: test_committed_report_matches_docs_study2 renders the template")
     _, analysis = analysed
     fill_template((STUDY2 / "findings.md").read_text(encoding="utf-8"), flat_values(analysis))

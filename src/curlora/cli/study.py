@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from curlora.cli._ui import console
+from curlora.errors import CurloraError
 
 study_app = typer.Typer(no_args_is_help=True, help="Run a study design (configs/studies/) and report on it.")
 
@@ -64,6 +65,31 @@ def collect(
     results = collect_study(load_design(design, dd), study_dir, data_dir=dd)
     done = sum(len(s["runs"]) for s in results["settings"])
     console.print(f"{done} runs; results: {study_dir / 'results.json'}")
+
+
+@study_app.command("merge")
+def merge(
+    files: list[Path] = typer.Argument(..., help="Study results.json files with the same settings."),
+    out: Path = typer.Option(..., help="Where to write the merged results.json."),
+) -> None:
+    """Unite the runs of several studies of the same settings (e.g. a follow-up with more methods)."""
+    import json
+
+    from curlora.files import atomic_write_json
+    from curlora.recipes.study import merge_studies
+
+    parts = []
+    for f in files:
+        try:
+            parts.append(json.loads(f.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise CurloraError(f"{f} is not a readable JSON file ({err}); give study results.json files") from None
+    merged = merge_studies(parts)
+    atomic_write_json(out, merged)
+    for label, d in merged["duplicates"].items():
+        console.print(f"{label}: {d['runs']} run(s) in both files, final accuracies within "
+                      f"{d['max_final_acc_diff']:.4f}")
+    console.print(f"{sum(len(s['runs']) for s in merged['settings'])} runs → {out}")
 
 
 @study_app.command("report")

@@ -22,6 +22,7 @@ from pathlib import Path
 from curlora.data import load_suite, select_tasks
 from curlora.errors import CurloraError
 from curlora.files import atomic_write_json
+from curlora.methods import spec_family
 from curlora.recipes.sweep.runner import Options, SweepReporter, read_run, run_dir, run_sweep, sanitize
 from curlora.recipes.sweep.space import SPACE_KEYS, Space, _toml_load, make_space
 
@@ -32,11 +33,8 @@ _SETTING_KEYS = {"name", "group", "title"}
 
 
 def family(spec: str) -> str:
-    """A configuration's spec without its learning rate: `lora-1:lr=0.001,targets=v_proj` -> `lora-1:targets=v_proj`.
-    The study compares families, each at the learning rate chosen on validation data."""
-    name, _, opts = spec.partition(":")
-    kept = [o for o in opts.split(",") if o and not o.startswith("lr=")]
-    return name + (":" + ",".join(kept) if kept else "")
+    """A configuration's family (`curlora.methods.spec_family`): its spec without the learning rate."""
+    return spec_family(spec)
 
 
 def load_design(path: str | Path, data_dir: str | None = None) -> dict:
@@ -203,3 +201,57 @@ def _run_fields(record: dict) -> dict:
     # a run whose perplexity or weights are not finite is diverged, whatever an older record says
     out["diverged"] = bool(record.get("diverged")) or record.get("ppl_after") is None
     return out
+
+
+def merge_studies(parts: list[dict]) -> dict:
+    """One study from several results files whose settings share names and bench settings (e.g. a follow-up run of
+    more methods on the same settings). Runs are united; a (setting, label, seed) in two files is kept once, from the
+    first file, and the largest difference between the copies' final accuracies is recorded (a reproducibility
+    check). Settings whose bench configurations differ are refused, naming the fields."""
+    if len(parts) < 2:
+        raise CurloraError("give at least two study results files to merge")
+    for k, part in enumerate(parts):
+        if part.get("kind") != "study":
+            raise CurloraError(f"file {k + 1} is not a study results file (kind {part.get('kind')!r}); give the "
+                               "results.json that `curlora study run` or `collect` wrote")
+    first = parts[0]
+    settings: dict[str, dict] = {}
+    duplicates: dict[str, dict] = {}
+    for part in parts:
+        for s in part["settings"]:
+            mine = settings.get(s["name"])
+            if mine is None:
+                settings[s["name"]] = {**s, "runs": list(s["runs"])}
+                continue
+            diff = sorted(k for k in set(mine["bench"]) | set(s["bench"]) if mine["bench"].get(k) != s["bench"].get(k))
+            if diff or mine["order"] != s["order"]:
+                raise CurloraError(f"setting {s['name']!r} ran with other bench settings in another file (differs in: "
+                                   f"{', '.join(diff or ['task order'])}); merge only studies of the same settings")
+            have = {(r["label"], r["seed"]): r for r in mine["runs"]}
+            for run in s["runs"]:
+                twin = have.get((run["label"], run["seed"]))
+                if twin is None:
+                    mine["runs"].append(run)
+                    continue
+                d = duplicates.setdefault(run["label"], {"runs": 0, "max_final_acc_diff": 0.0})
+                d["runs"] += 1
+                d["max_final_acc_diff"] = max(d["max_final_acc_diff"], max(
+                    abs(a - b) for a, b in zip(twin["acc"][-1], run["acc"][-1], strict=True)))
+            mine["n_runs_expected"] = mine["n_runs_expected"] + s["n_runs_expected"]
+    design = dict(first["design"])
+    for part in parts[1:]:
+        d = part["design"]
+        for key in ("methods", "lrs", "comparisons", "notes", "settings_compared"):
+            have = list(design.get(key) or [])
+            design[key] = have + [x for x in d.get(key) or [] if x not in have]
+        design["file"] = f"{design['file']} + {d['file']}"
+    return sanitize({
+        **first,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": ", ".join(dict.fromkeys(str(p.get("commit")) for p in parts)),
+        "design": design,
+        "merged_from": [{"file": p["design"]["file"], "commit": p.get("commit"), "created": p.get("created")}
+                        for p in parts],
+        "duplicates": duplicates,
+        "settings": list(settings.values()),
+    })

@@ -32,7 +32,10 @@ M = one of acc, forgetting, ppl, kl; numbers with 3 decimals, counts as integers
 * ``G.family.F.lr`` (selected), ``G.family.F.val_acc`` and ``G.family.F.test_acc`` (of the selected lr, means);
 * ``G.family.F.S.mean|sd|n`` for S in acc, bwt, forgetting, ppl, kl, dw, params;
 * ``G.family.F.learning.mean|sd|low|high|n``; ``G.family.F.task.T.diag|final|gain|forgetting|relforg``;
-* ``G.cmp.A.vs.B.M.mean|sd|low|high|n|verdict`` and ``G.cmp.A.vs.B.acc.boot_low|boot_high``.
+* ``G.cmp.A.vs.B.M.mean|sd|low|high|n|verdict`` and ``G.cmp.A.vs.B.acc.boot_low|boot_high``;
+* ``G.lr.LR.A.vs.B.M.mean|sd|low|high|n|verdict``: a design comparison at one learning rate both ran;
+* ``dup.LABEL.runs|max_diff``: runs present in two merged files, and the largest difference of their final
+  accuracies (`curlora study merge`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from curlora.errors import CurloraError
+from curlora.methods import spec_family
 from curlora.metrics import average_accuracy, backward_transfer, forgetting, mean_sd, validate_acc_matrix
 from curlora.reports.stats import bootstrap_diff_interval, paired_stats, verdict
 
@@ -75,7 +79,10 @@ def validate_study(results: Any, source: str = RESULTS_FILE) -> None:
     for key in ("seeds", "methods", "reference", "comparisons", "settings"):
         if key not in design:
             raise _fail(source, f"design has no \"{key}\"", f"add design.{key}")
-    families = list(design["methods"])
+    # the listed methods' families, and the sweep's own head_only reference, which runs without being listed
+    families = list(dict.fromkeys([spec_family(m) for m in design["methods"]]
+                                  + [r.get("family") for s in results.get("settings") or [] for r in s.get("runs") or []
+                                     if isinstance(r, dict) and r.get("family")]))
     if design["reference"] not in families:
         raise _fail(source, f"design.reference {design['reference']!r} is not one of design.methods",
                     f"name one of {families}")
@@ -247,9 +254,12 @@ def _paired(units: dict, a: str, b: str, key: str) -> list[float]:
 
 def _group(results: dict, name: str, tasks_info: dict, n_boot: int, seed: int) -> dict[str, Any]:
     design = results["design"]
-    families, ref = list(design["methods"]), design["reference"]
+    ref = design["reference"]
     settings = [s for s in results["settings"] if s["group"] == name]
-    per_family: dict[str, list] = {f: [] for f in families}
+    per_family: dict[str, list] = {spec_family(m): [] for m in design["methods"]}
+    for s in settings:
+        for run in s["runs"]:
+            per_family.setdefault(run["family"], [])
     diverged, orders, info = [], {}, {}
     for s in settings:
         orders[s["name"]] = s["order"]
@@ -260,6 +270,8 @@ def _group(results: dict, name: str, tasks_info: dict, n_boot: int, seed: int) -
                 diverged.append({"setting": s["name"], "label": run["label"], "seed": run["seed"], "reason": why})
                 continue
             per_family[run["family"]].append(((s["name"], run["seed"]), run, _run_metrics(run, s["order"])))
+    # a family without runs in this group (a follow-up run on some settings only) is left out of it
+    families = [f for f, runs in per_family.items() if runs]
     selection = [_select(per_family[f], f) for f in families]
     chosen = {sel["family"]: sel["lr"] for sel in selection}
     # units[f][(setting, seed)] = (run, metrics) of the selected configuration
@@ -283,7 +295,7 @@ def _group(results: dict, name: str, tasks_info: dict, n_boot: int, seed: int) -
                                "final": _stat([m["final"].get(t) for m in ms]),
                                "gain": gain, "forgetting": forg, "relforg": rel}
         fam_out[f] = fam
-    pairs = [tuple(p) for p in design["comparisons"]]
+    pairs = [tuple(p) for p in design["comparisons"] if set(p) <= set(families)]
     pairs += [(f, ref) for f in families if f != ref and (f, ref) not in pairs]
     comparisons = []
     for a, b in pairs:
@@ -299,6 +311,7 @@ def _group(results: dict, name: str, tasks_info: dict, n_boot: int, seed: int) -
         comparisons.append({"a": a, "b": b, "metrics": metrics})
     return {
         "name": name,
+        "same_lr": _same_lr(per_family, [tuple(p) for p in design["comparisons"] if set(p) <= set(families)]),
         "settings": [s["name"] for s in settings],
         "titles": {s["name"]: s.get("title") or next((d.get("title") for d in design["settings"]
                                                         if d.get("name") == s["name"]), None) for s in settings},
@@ -310,6 +323,22 @@ def _group(results: dict, name: str, tasks_info: dict, n_boot: int, seed: int) -
         "comparisons": comparisons,
         "diverged": diverged,
     }
+
+
+def _same_lr(per_family: dict[str, list], pairs: list[tuple]) -> list[dict[str, Any]]:
+    """The design's comparisons at every learning rate both families ran (not only the selected ones): whether a
+    difference belongs to the method or to the rate that validation chose for it."""
+    out = []
+    for a, b in pairs:
+        lrs_a = {r.get("lr") for _, r, _ in per_family[a]}
+        for lr in sorted(lrs_a & {r.get("lr") for _, r, _ in per_family[b]}):
+            units = {f: {u: (r, m) for u, r, m in per_family[f] if r.get("lr") == lr} for f in (a, b)}
+            metrics = {}
+            for key, _, higher in METRICS:
+                st = paired_stats(_paired(units, a, b, key))
+                metrics[key] = {**st, "verdict": verdict(a, b, st, higher)}
+            out.append({"a": a, "b": b, "lr": lr, "metrics": metrics})
+    return out
 
 
 def analyse(results: dict[str, Any], *, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
@@ -330,6 +359,7 @@ def analyse(results: dict[str, Any], *, n_boot: int = N_BOOT, seed: int = 0) -> 
         "suite_notes": list(dict.fromkeys(n for s in results["settings"] for n in s["suite"].get("notes", []))),
         "ppl_name": first["suite"].get("ppl_name"),
         "tasks": tasks,
+        "duplicates": results.get("duplicates") or {},
         "groups": [_group(results, g, tasks, n_boot, seed) for g in groups],
     }
 
@@ -364,6 +394,9 @@ def flat_values(analysis: dict[str, Any]) -> dict[str, str]:
         "seeds": ", ".join(str(s) for s in d["seeds"]), "head_lr": fmt_lr(d.get("head_lr")),
         "reference": d["reference"],
     }
+    for label, d in (analysis.get("duplicates") or {}).items():
+        out[f"dup.{label}.runs"] = str(d["runs"])
+        out[f"dup.{label}.max_diff"] = f"{d['max_final_acc_diff']:.4f}"
     for t, info in analysis["tasks"].items():
         out[f"task.{t}.majority"] = fmt(info["majority"])
         out[f"task.{t}.n_eval"] = str(info["n_eval"])
@@ -390,6 +423,11 @@ def flat_values(analysis: dict[str, Any]) -> dict[str, str]:
                     out[f"{p}.family.{f}.task.{t}.{k}"] = fmt(row[k]["mean"])
                 out[f"{p}.family.{f}.task.{t}.relforg"] = "n/a (no gain)" if row["relforg"] is None else fmt(
                     row["relforg"])
+        for c in g["same_lr"]:
+            for key, m in c["metrics"].items():
+                base = f"{p}.lr.{fmt_lr(c['lr'])}.{c['a']}.vs.{c['b']}.{key}"
+                for stat, v in m.items():
+                    out[f"{base}.{stat}"] = v if stat == "verdict" else fmt(v)
         for c in g["comparisons"]:
             for key, m in c["metrics"].items():
                 base = f"{p}.cmp.{c['a']}.vs.{c['b']}.{key}"

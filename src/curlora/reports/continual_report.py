@@ -141,6 +141,14 @@ def _group(g: dict[str, Any], reference: str, plot: str | None) -> list[str]:
             rows.append([f"{c['a']} vs {c['b']}", title, _ci(m), boot, m["verdict"]])
     lines += _md_table(["A vs B", "Metric", "A − B [95 % CI] (n)", "Bootstrap 95 %", "Verdict"], rows,
                         ["l", "l", "r", "r", "l"])
+    if g.get("same_lr"):
+        lines += ["", "### The same comparisons at equal learning rates", "",
+                  "A − B per unit at each rate both ran (whether a difference above follows the method or the rate "
+                  "validation chose for it).", ""]
+        rows = [[f"{c['a']} vs {c['b']}", fmt_lr(c["lr"]), title, _ci(c["metrics"][key]), c["metrics"][key]["verdict"]]
+                for c in g["same_lr"] for key, title, _ in METRICS]
+        lines += _md_table(["A vs B", "lr", "Metric", "A − B [95 % CI] (n)", "Verdict"], rows,
+                           ["l", "r", "l", "r", "l"])
     lines += ["", "### Diverged runs", ""]
     if g["diverged"]:
         lines += _md_table(["Setting", "Run", "Seed", "Reason"],
