@@ -4,8 +4,12 @@
 # that a call that hits its time limit loses nothing; calling this script again waits on the running settings, or
 # resumes killed ones (finished runs are kept). When all are done it gathers results.json and renders the report.
 # usage: [DESIGN=configs/studies/X.toml] CURLORA_COMMIT=abc1234 bash tools/device-study2.sh [WAIT_SECONDS] [JOBS_PER_ORDER] [JOBS_PAPER]
-# (per GPU-machine: the three task orders take 5 workers each and the shorter paper sequence 3, on one H200)
+# (per GPU-machine: the three task orders take 5 workers each and the shorter paper sequence 3, on one H200;
+# configs/studies/quantized.toml: DESIGN=configs/studies/quantized.toml ... 540 8, with .whl/ carried)
 source tools/device-setup.sh
+# a design with `quantize` needs bitsandbytes: carry its wheel in .whl/ (docs/QUANTIZED.md)
+[ -d .whl ] && [ ! -d /tmp/site/bitsandbytes ] && \
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 wait_s=${1:-540}
 jobs_order=${2:-5}

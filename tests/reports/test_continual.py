@@ -219,3 +219,34 @@ def test_committed_findings_template_uses_known_keys(analysed):
         pytest.skip("the committed results exist: test_committed_report_matches_docs_study2 renders the template")
     _, analysis = analysed
     fill_template((STUDY2 / "findings.md").read_text(encoding="utf-8"), flat_values(analysis))
+
+
+def test_settings_compared_pairs_families_by_seed_and_lr():
+    """design.settings_compared (e.g. a 4-bit base against bf16): a setting against a copy of itself differs by zero;
+    against a setting whose accuracies are all lower, the verdict says so."""
+    import copy
+
+    study = make_study()
+    same = copy.deepcopy(next(s for s in study["settings"] if s["name"] == "order-a"))
+    same.update(name="copy", group="copy")
+    worse = copy.deepcopy(same)
+    worse.update(name="worse", group="worse")
+    for run in worse["runs"]:  # every prediction of the last task wrong: final accuracy strictly lower
+        labels = next(t for t in worse["suite"]["task_info"] if t["name"] == worse["order"][-1])["eval_labels"]
+        wrong = "".join("1" if y == "0" else "0" for y in labels)
+        run["pred"][-1][-1] = wrong
+        run["acc"][-1][-1] = pred_accuracy(wrong, labels)
+    study["settings"] += [same, worse]
+    study["design"]["settings"] += [{"name": "copy", "group": "copy", "order": same["order"]},
+                                    {"name": "worse", "group": "worse", "order": same["order"]}]
+    study["design"]["settings_compared"] = [["copy", "order-a"], ["worse", "order-a"]]
+    analysis = analyse(study, n_boot=20)
+    rows = analysis["settings_compared"]
+    copies = [r for r in rows if r["a"] == "copy"]
+    assert {r["family"] for r in copies} == {"curlora-16", "lora-16", "lora-1:targets=v_proj", "head_only", "probe"}
+    assert all(r["metrics"]["acc"]["mean"] == 0 and r["metrics"]["acc"]["n"] == 5 for r in copies)
+    worse_rows = [r for r in rows if r["a"] == "worse"]
+    assert all(r["metrics"]["acc"]["verdict"] == "order-a beats worse" for r in worse_rows)
+    values = flat_values(analysis)
+    assert values["set.worse.vs.order-a.curlora-16.lr.0.001.acc.verdict"] == "order-a beats worse"
+    assert "## Settings compared" in render_report(analysis, "x")

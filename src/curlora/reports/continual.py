@@ -34,6 +34,8 @@ M = one of acc, forgetting, ppl, kl; numbers with 3 decimals, counts as integers
 * ``G.family.F.learning.mean|sd|low|high|n``; ``G.family.F.task.T.diag|final|gain|forgetting|relforg``;
 * ``G.cmp.A.vs.B.M.mean|sd|low|high|n|verdict`` and ``G.cmp.A.vs.B.acc.boot_low|boot_high``;
 * ``G.lr.LR.A.vs.B.M.mean|sd|low|high|n|verdict``: a design comparison at one learning rate both ran;
+* ``set.S1.vs.S2.F.lr.LR.M.mean|sd|low|high|n|verdict``: design.settings_compared, setting S1 against S2 for
+  family F at learning rate LR, paired by seed;
 * ``dup.LABEL.runs|max_diff``: runs present in two merged files, and the largest difference of their final
   accuracies (`curlora study merge`).
 """
@@ -341,6 +343,30 @@ def _same_lr(per_family: dict[str, list], pairs: list[tuple]) -> list[dict[str, 
     return out
 
 
+def _settings_compared(results: dict) -> list[dict[str, Any]]:
+    """design.settings_compared: setting A against setting B (e.g. a 4-bit base against bf16), family by family at
+    every learning rate both ran, paired by seed; diverged runs left out."""
+    by_name = {s["name"]: s for s in results["settings"]}
+    out = []
+    for name_a, name_b in results["design"].get("settings_compared") or []:
+        runs = {}
+        for name in (name_a, name_b):
+            s = by_name[name]
+            runs[name] = {(r["family"], r.get("lr"), r["seed"]): _run_metrics(r, s["order"])
+                          for r in s["runs"] if not _diverged(r)}
+        keys = sorted({(f, lr) for f, lr, _ in runs[name_a]} & {(f, lr) for f, lr, _ in runs[name_b]},
+                      key=lambda k: (k[0], k[1] or 0))
+        for fam, lr in keys:
+            units = {side: {seed: (None, m) for (f, x, seed), m in runs[side].items() if (f, x) == (fam, lr)}
+                     for side in (name_a, name_b)}
+            metrics = {}
+            for key, _, higher in METRICS:
+                st = paired_stats(_paired(units, name_a, name_b, key))
+                metrics[key] = {**st, "verdict": verdict(name_a, name_b, st, higher)}
+            out.append({"a": name_a, "b": name_b, "family": fam, "lr": lr, "metrics": metrics})
+    return out
+
+
 def analyse(results: dict[str, Any], *, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
     """The whole analysis of a (validated) study results dict; deterministic for a given seed."""
     validate_study(results)
@@ -360,6 +386,7 @@ def analyse(results: dict[str, Any], *, n_boot: int = N_BOOT, seed: int = 0) -> 
         "ppl_name": first["suite"].get("ppl_name"),
         "tasks": tasks,
         "duplicates": results.get("duplicates") or {},
+        "settings_compared": _settings_compared(results),
         "groups": [_group(results, g, tasks, n_boot, seed) for g in groups],
     }
 
@@ -394,6 +421,11 @@ def flat_values(analysis: dict[str, Any]) -> dict[str, str]:
         "seeds": ", ".join(str(s) for s in d["seeds"]), "head_lr": fmt_lr(d.get("head_lr")),
         "reference": d["reference"],
     }
+    for c in analysis.get("settings_compared") or []:
+        for key, m in c["metrics"].items():
+            base = f"set.{c['a']}.vs.{c['b']}.{c['family']}.lr.{fmt_lr(c['lr'])}.{key}"
+            for stat, v in m.items():
+                out[f"{base}.{stat}"] = v if stat == "verdict" else fmt(v)
     for label, d in (analysis.get("duplicates") or {}).items():
         out[f"dup.{label}.runs"] = str(d["runs"])
         out[f"dup.{label}.max_diff"] = f"{d['max_final_acc_diff']:.4f}"

@@ -168,6 +168,13 @@ def render_report(analysis: dict[str, Any], findings: str, plots: dict[str, str]
     lines += _design(analysis)
     for g in analysis["groups"]:
         lines += _group(g, analysis["design"]["reference"], plots.get(g["name"]))
+    if analysis.get("settings_compared"):
+        lines += ["", "## Settings compared", "",
+                  "Setting A − setting B per seed, each family at each learning rate both ran.", ""]
+        rows = [[f"{c['a']} vs {c['b']}", c["family"], fmt_lr(c["lr"]), title, _ci(c["metrics"][key]),
+                 c["metrics"][key]["verdict"]] for c in analysis["settings_compared"] for key, title, _ in METRICS]
+        lines += _md_table(["A vs B", "Family", "lr", "Metric", "A − B [95 % CI] (n)", "Verdict"], rows,
+                           ["l", "l", "r", "l", "r", "l"])
     lines += ["", "## Findings", "", body]
     return "\n".join(lines).rstrip() + "\n"
 
