@@ -355,3 +355,23 @@ def test_plain_progress_prints_one_line_per_finished_run(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["sweep: 3 runs, 1 finished already",
                      "[2/3] curlora-2:lr=0.01 seed 0: acc 0.750, ppl ratio 1.0100, forgetting —, 12 s"]
+
+
+def test_workers_load_a_quantized_base_when_the_space_asks(monkeypatch):
+    """A space with quantize=4bit loads its base through bitsandbytes on the worker's device (not the plain model)."""
+    from curlora.recipes.sweep import runner
+
+    seen = {}
+
+    def fake_load(name, **kwargs):
+        seen.update(kwargs, name=name)
+        return "model", "tokenizer"
+
+    monkeypatch.setattr(runner, "load_model", fake_load)
+    monkeypatch.setattr(runner, "load_suite", lambda *a, **k: "suite")
+    space = make_space(["curlora-2"], bench={"quantize": "4bit", "model": "smollm2-135m"})
+    assert runner._load(space, None, "cpu") == ("model", "tokenizer", "suite")
+    assert seen["quantize"] == "4bit" and str(seen["device"]) == "cpu"
+    seen.clear()
+    runner._load(make_space(["curlora-2"], bench={"model": "smollm2-135m"}), None, "cpu")
+    assert "quantize" not in seen
