@@ -9,15 +9,13 @@ from curlora.methods import parse_method
 from curlora.recipes.bench import make_config
 from curlora.testing import tiny_llama
 
+STUDY_RUN = dict(
+    methods=["curlora-2", "head_only", "probe", "full"], task_order=["topic", "polar"], n_val=6, kl_max_tokens=128
+)
+
 
 def test_order_validation_predictions_probe_and_kl(tmp_path):
-    results, out = run_bench(
-        tmp_path,
-        methods=["curlora-2", "head_only", "probe", "full"],
-        task_order=["topic", "polar"],
-        n_val=6,
-        kl_max_tokens=128,
-    )
+    results, out = run_bench(tmp_path, **STUDY_RUN)
     assert results["suite"]["tasks"] == ["topic", "polar"]
     info = {t["name"]: t for t in results["suite"]["task_info"]}
     assert info["topic"]["n_val"] == 6
@@ -43,13 +41,7 @@ def test_order_validation_predictions_probe_and_kl(tmp_path):
     assert by_label["head_only"]["kl"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert by_label["full"]["kl"]["kl"] > 1e-6
     # a resumed bench reads every stage back with its rows
-    again, _ = run_bench(
-        tmp_path,
-        methods=["curlora-2", "head_only", "probe", "full"],
-        task_order=["topic", "polar"],
-        n_val=6,
-        kl_max_tokens=128,
-    )
+    again, _ = run_bench(tmp_path, **STUDY_RUN)
     assert [(r["acc"], r["val_acc"], r["pred"]) for r in again["runs"]] == [
         (r["acc"], r["val_acc"], r["pred"]) for r in results["runs"]
     ]

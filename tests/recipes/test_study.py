@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # the workers import `sweep_tiny
 import sweep_tiny  # noqa: E402
 
 from curlora.errors import CurloraError  # noqa: E402
-from curlora.recipes.study import collect_study, family, load_design, run_study  # noqa: E402
+from curlora.methods import spec_family as family  # noqa: E402
+from curlora.recipes.study import collect_study, load_design, run_study  # noqa: E402
 from curlora.recipes.sweep import Options  # noqa: E402
 from curlora.reports.continual import analyse, validate_study  # noqa: E402
 

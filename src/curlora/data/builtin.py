@@ -319,9 +319,12 @@ def _without(examples: list[Example], keys: set[str]) -> list[Example]:
     return [ex for ex in examples if text_key(ex.text) not in keys]
 
 
-def _source_task(corpora: list[list[tuple[str, float, str]]], excluded: set[str]) -> Task:
-    """Which corpus a snippet comes from; lowercased texts, same count per class, no text in two corpora,
-    none of the ``excluded`` texts."""
+def balanced_corpora(
+    corpora: list[list[tuple[str, float, str]]], excluded: set[str], pool_seed: str
+) -> tuple[list[Example], int]:
+    """Examples labelled by the corpus they come from (label k: corpora[k]): lowercased texts, the same count per
+    class (the first of each pool in `stable_order(pool, pool_seed)`), no text in two corpora, none of the
+    ``excluded`` texts. Returns the examples and the count per class."""
     keyed = [{text_key(text): text for _, _, text in unique_rows(rows)} for rows in corpora]
     seen_in: dict[str, int] = {}
     for keys in keyed:
@@ -332,7 +335,12 @@ def _source_task(corpora: list[list[tuple[str, float, str]]], excluded: set[str]
         for label, keys in enumerate(keyed)
     ]
     per_class = min(len(p) for p in pools)
-    balanced = [ex for pool in pools for ex in stable_order(pool, f"{SPLIT_SEED}/source-pool")[:per_class]]
+    return [ex for pool in pools for ex in stable_order(pool, pool_seed)[:per_class]], per_class
+
+
+def _source_task(corpora: list[list[tuple[str, float, str]]], excluded: set[str]) -> Task:
+    """Which corpus a snippet comes from (`balanced_corpora`)."""
+    balanced, _ = balanced_corpora(corpora, excluded, f"{SPLIT_SEED}/source-pool")
     train, evals = split_balanced(
         balanced, EVAL_PER_CLASS["source"], f"{SPLIT_SEED}/source", len(SOURCE_LABELS), task="source"
     )

@@ -37,13 +37,13 @@ from curlora.data.builtin import (
     NYT_FILE,
     SENTIMENT_LABELS,
     TWEETS_FILE,
+    balanced_corpora,
     read_ground_truth,
     resolve_source_dir,
     sentiment_examples,
-    unique_rows,
 )
 from curlora.data.paper import data_roots, glue_task, sentiment140_task, wikitext_test
-from curlora.data.tasks import Example, Suite, Task, split_balanced, stable_order, text_key
+from curlora.data.tasks import Example, Suite, Task, split_balanced, text_key
 from curlora.errors import CurloraError
 
 logger = logging.getLogger(__name__)
@@ -139,19 +139,8 @@ def _without_eval_texts(tasks: list[Task]) -> list[Task]:
 
 
 def _domain_task(corpora: list[list[tuple[str, float, str]]], excluded: set[str]) -> Task:
-    """Which corpus a snippet comes from; lowercased, same count per class, no text in two corpora, none of
-    the ``excluded`` texts."""
-    keyed = [{text_key(text): text for _, _, text in unique_rows(rows)} for rows in corpora]
-    seen_in: dict[str, int] = {}
-    for keys in keyed:
-        for k in keys:
-            seen_in[k] = seen_in.get(k, 0) + 1
-    pools = [
-        [Example(text.lower(), label) for k, text in keys.items() if seen_in[k] == 1 and k not in excluded]
-        for label, keys in enumerate(keyed)
-    ]
-    per_class = min(len(p) for p in pools)
-    balanced = [ex for pool in pools for ex in stable_order(pool, f"{SPLIT_SEED}/domain-pool")[:per_class]]
+    """Which corpus a snippet comes from (`curlora.data.builtin.balanced_corpora`)."""
+    balanced, per_class = balanced_corpora(corpora, excluded, f"{SPLIT_SEED}/domain-pool")
     train, evals = split_balanced(
         balanced, EVAL_PER_CLASS["domain"], f"{SPLIT_SEED}/domain", len(DOMAIN_LABELS), task="domain"
     )

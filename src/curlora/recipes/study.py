@@ -32,11 +32,6 @@ _STUDY_KEYS = {"title", "reference", "comparisons", "notes", "settings_compared"
 _SETTING_KEYS = {"name", "group", "title"}
 
 
-def family(spec: str) -> str:
-    """A configuration's family (`curlora.methods.spec_family`): its spec without the learning rate."""
-    return spec_family(spec)
-
-
 def load_design(path: str | Path, data_dir: str | None = None) -> dict:
     """The design file, checked: every setting's space parses (methods, options, task names are checked when the
     sweep starts), comparisons name listed families, setting names are unique folder names."""
@@ -78,7 +73,7 @@ def load_design(path: str | Path, data_dir: str | None = None) -> dict:
     }
     families = set()
     for setting in design["settings"]:
-        families |= {family(c.spec) for c in setting_space(design, setting, data_dir).configurations()}
+        families |= {spec_family(c.spec) for c in setting_space(design, setting, data_dir).configurations()}
     for pair in design["settings_compared"]:
         missing = [n for n in pair if n not in names]
         if len(pair) != 2 or missing:
@@ -150,7 +145,7 @@ def collect_study(design: dict, out: str | Path, *, data_dir: str | None = None)
                 if suite is None:  # every run of a setting sees the same suite (its config is in the folder)
                     bench = json.loads((run_dir(folder, conf.label, seed) / RESULTS_FILE).read_text())
                     suite, environment = bench["suite"], bench.get("environment")
-                runs.append({"label": conf.label, "family": family(conf.spec), **_run_fields(record)})
+                runs.append({"label": conf.label, "family": spec_family(conf.spec), **_run_fields(record)})
         config = space.base_config().result_key()
         config.pop("data_dir", None)  # a path on the machine that ran it
         settings.append({

@@ -259,14 +259,12 @@ def _group(results: dict, name: str, tasks_info: dict, n_boot: int, seed: int) -
     ref = design["reference"]
     settings = [s for s in results["settings"] if s["group"] == name]
     per_family: dict[str, list] = {spec_family(m): [] for m in design["methods"]}
-    for s in settings:
-        for run in s["runs"]:
-            per_family.setdefault(run["family"], [])
     diverged, orders, info = [], {}, {}
     for s in settings:
         orders[s["name"]] = s["order"]
         info[s["name"]] = {t["name"]: t for t in s["suite"]["task_info"]}
         for run in s["runs"]:
+            per_family.setdefault(run["family"], [])  # e.g. the sweep's own head_only reference, not listed
             why = _diverged(run)
             if why:
                 diverged.append({"setting": s["name"], "label": run["label"], "seed": run["seed"], "reason": why})

@@ -387,7 +387,7 @@ class Bench:
             distributed.broadcast_([p for p in model.parameters() if p.requires_grad], self.dist)
             distributed.check_replicated(model, self.dist, f"{spec.label} model")
         heads: list[nn.Linear] = []
-        eval_feats_frozen: dict[tuple[int, str], torch.Tensor] = {}
+        frozen_feats: dict[tuple[int, str], torch.Tensor] = {}
         prior_wall = 0.0
         for i, task in enumerate(self.suite.tasks):
             stage_dir = self._stage_dir(spec, seed, i)
@@ -417,7 +417,7 @@ class Bench:
                 stage = {"task": task.name, **self._train(model, head, train_data, seed, i, lr, feats, head_lr)}
             heads.append(head.requires_grad_(False))
             t_eval = time.perf_counter()
-            rows = self._evaluate(model, spec, heads, encoded, i, eval_feats_frozen)
+            rows = self._evaluate(model, spec, heads, encoded, i, frozen_feats)
             row = rows["acc"]
             stage["eval_s"] = time.perf_counter() - t_eval
             stage["wall_s_total"] = prior_wall + time.perf_counter() - t_start
