@@ -45,7 +45,9 @@ def sentences(data_dir: str | None, n: int) -> list[tuple[str, int]]:
 
         rows = read_sst2(Path(data_dir) / "glue" / "SST-2" / "train.tsv")
         return [(ex.text, ex.label) for ex in rows[:n]]
-    suite = curlora.data.load_suite("builtin")
+    from curlora.data import load_suite
+
+    suite = load_suite("builtin")
     return [(ex.text, ex.label) for ex in suite.tasks[0].train[:n]]
 
 
@@ -127,9 +129,30 @@ def main() -> None:
     for k in range(args.rounds):
         for method, compiled in configs[k % len(configs):] + configs[: k % len(configs)]:
             runs.append(one_run(method, compiled, args, folder, dataset, tokenizer) | {"round": k})
+            if args.out:  # every finished run is kept, so a run cut short by a time limit still reports
+                write(args.out, report(args, configs, runs))
+    rep = report(args, configs, runs)
+    print(f"{'method/mode':<22}{'steps/s':>10}{'vs head_only':>14}{'warm-up s':>11}{'trainable':>12}")
+    for key, row in rep["summary"].items():
+        ratio = f"{row['vs_head_only']:.3f}" if row["vs_head_only"] else "—"
+        print(f"{key:<22}{row['steps_per_s']:>10.2f}{ratio:>14}{row['warmup_s']:>11.1f}{row['trainable_params']:>12,}")
+    if args.out:
+        write(args.out, rep)
+
+
+def write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def report(args, configs: list[tuple[str, bool]], runs: list[dict]) -> dict:
     summary = {}
     for method, compiled in configs:
         mine = [r for r in runs if r["method"] == method and r["mode"] == ("compile" if compiled else "eager")]
+        if not mine:
+            continue
         summary[f"{method}/{mine[0]['mode']}"] = {
             "steps_per_s": statistics.median(r["steps_per_s"] for r in mine),
             "warmup_s": statistics.median(r["warmup_s"] for r in mine),
@@ -138,19 +161,12 @@ def main() -> None:
     for key, row in summary.items():
         floor = summary.get(f"head_only/{key.split('/')[1]}")
         row["vs_head_only"] = row["steps_per_s"] / floor["steps_per_s"] if floor else None
-    report = {
+    return {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "torch": torch.__version__, "settings": {k: v for k, v in vars(args).items() if k != "out"} | {
             "out": str(args.out) if args.out else None},
         "summary": summary, "runs": runs,
     }
-    print(f"{'method/mode':<22}{'steps/s':>10}{'vs head_only':>14}{'warm-up s':>11}{'trainable':>12}")
-    for key, row in summary.items():
-        ratio = f"{row['vs_head_only']:.3f}" if row["vs_head_only"] else "—"
-        print(f"{key:<22}{row['steps_per_s']:>10.2f}{ratio:>14}{row['warmup_s']:>11.1f}{row['trainable_params']:>12,}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
