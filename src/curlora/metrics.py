@@ -477,7 +477,19 @@ def delta_norm_ratios(
         adapters = getattr(module, module.adapter_layer_names[0])
         for name in module.active_adapters if adapter_name is None else [adapter_name]:
             if name in adapters:
-                # the dense weight where the layer knows it (a quantized base stores packed integers)
-                weight = module.dense_weight() if hasattr(module, "dense_weight") else module.get_base_layer().weight
-                ratios.append(delta_norm_ratio(module.get_delta_weight(name), weight))
+                ratios.append(delta_norm_ratio(module.get_delta_weight(name), _dense_weight(module)))
     return ratios
+
+
+def _dense_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The float weight a tuner layer's base multiplies with: a quantized base stores packed integers, whose norm
+    says nothing (PEFT's LoRA on a bitsandbytes layer included, which has no `dense_weight` of its own)."""
+    if hasattr(module, "dense_weight"):
+        return module.dense_weight()
+    base = module.get_base_layer()
+    kind = type(base).__name__
+    if kind in ("Linear4bit", "Linear8bitLt"):  # bitsandbytes is importable whenever its layers exist
+        from curlora.tuner import bnb
+
+        return bnb.dequantize_4bit(base.weight) if kind == "Linear4bit" else bnb.dequantize_8bit(base)
+    return base.weight

@@ -89,6 +89,24 @@ def test_wraps_and_trains_a_step(folder, kind):
     assert all(r > 0 for r in delta_norm_ratios(model))
 
 
+@pytest.mark.parametrize("kind", ["nf4-dq", "int8"])
+def test_delta_norm_of_peft_lora_divides_by_the_dequantized_weight(folder, kind):
+    # PEFT's LoRA on a bitsandbytes layer has no dense_weight: the packed integers' norm would make any update ~0
+    model = load(folder, kind)
+    model = peft.get_peft_model(model, curlora.lora_config(4, 1.0, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    lora = [m for m in model.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+    base = lora[0].get_base_layer()
+    dense = dequantize_4bit(base.weight) if kind != "int8" else curlora.tuner.bnb.dequantize_8bit(base)
+    want = float(lora[0].get_delta_weight("default").float().norm() / dense.float().norm())
+    got = delta_norm_ratios(model)
+    assert len(got) == len(lora) and got[0] == pytest.approx(want, rel=1e-5)
+    assert min(got) > 1e-3  # the packed-weight norm gave ~1e-5 here
+
+
 @pytest.mark.parametrize("kind", ["nf4", "fp4-dq"])
 @pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16])
 def test_4bit_reads_x_r_off_the_base_output(folder, kind, compute):
