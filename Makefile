@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup test lint bench study
+.PHONY: setup test lint bench study study-quantized report
 
 setup: $(VENV)/.installed
 
@@ -34,4 +34,15 @@ study: setup
 	$(VENV)/bin/curlora study run configs/studies/continual-lpft.toml --data-dir $(DATA) --out runs/study-lpft \
 		--jobs $(JOBS)
 	$(VENV)/bin/curlora study merge runs/study/results.json runs/study-lpft/results.json --out docs/study2/results.json
-	$(VENV)/bin/curlora study report docs/study2 --out docs/REPORT.md
+	$(MAKE) report
+
+# The 4-bit companion study (docs/quantized/, needs bitsandbytes and a GPU), then both reports.
+study-quantized: setup
+	$(VENV)/bin/curlora study run configs/studies/quantized.toml --data-dir $(DATA) --out runs/quantized --jobs $(JOBS)
+	cp runs/quantized/results.json docs/quantized/results.json
+	$(MAKE) report
+
+# Re-render docs/REPORT.md (with the 4-bit study as a companion section) and docs/quantized/report.md.
+report: setup
+	$(VENV)/bin/curlora study report docs/quantized --out docs/quantized/report.md
+	$(VENV)/bin/curlora study report docs/study2 --out docs/REPORT.md --companion docs/quantized=docs/quantized/report.md

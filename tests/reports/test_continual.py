@@ -19,6 +19,9 @@ from curlora.reports.stats import INDISTINGUISHABLE, bootstrap_diff_interval, pa
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY2 = ROOT / "docs" / "study2"
+QUANTIZED = ROOT / "docs" / "quantized"
+# the 4-bit study appears in docs/REPORT.md as a companion section (`make report`, docs/STUDY.md)
+COMPANIONS = [(QUANTIZED, QUANTIZED / "report.md")]
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -205,8 +208,41 @@ def test_committed_report_matches_docs_study2():
     if not (STUDY2 / "results.json").exists():
         pytest.skip(f"{STUDY2 / 'results.json'} does not exist yet (the second-edition study has not run)")
     expected = (ROOT / "docs" / "REPORT.md").read_text(encoding="utf-8")
-    assert build_report(STUDY2, ROOT / "docs" / "REPORT.md", write_plots=False) == expected, (
-        "docs/REPORT.md is stale: run `curlora study report docs/study2 --out docs/REPORT.md`")
+    assert build_report(STUDY2, ROOT / "docs" / "REPORT.md", write_plots=False, companions=COMPANIONS) == expected, (
+        "docs/REPORT.md is stale: run `make report`")
+
+
+def test_committed_quantized_report_matches_its_results():
+    expected = (QUANTIZED / "report.md").read_text(encoding="utf-8")
+    assert build_report(QUANTIZED, QUANTIZED / "report.md", write_plots=False) == expected, (
+        "docs/quantized/report.md is stale: run `make report`")
+    assert "## Companion study: CURLoRA and LoRA on a 4-bit base" in (ROOT / "docs" / "REPORT.md").read_text()
+
+
+def _study_folder(path: Path, findings: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps(make_study()))
+    (path / "findings.md").write_text(findings)
+    return path
+
+
+def test_companion_section_and_its_bad_inputs(tmp_path):
+    from curlora.cli import app
+
+    main = _study_folder(tmp_path / "main", "Main findings.\n")
+    other = _study_folder(tmp_path / "other", "Companion says {{main.family.curlora-16.acc.mean}}.\n")
+    out = tmp_path / "docs" / "REPORT.md"
+    text = build_report(main, out, write_plots=False, companions=[(other, other / "full.md")])
+    section = text[text.index("## Companion study: "):]
+    acc = flat_values(analyse(load_study(other)))["main.family.curlora-16.acc.mean"]
+    assert f"Companion says {acc}." in section and "([full report](../other/full.md))" in section
+    assert text.startswith(build_report(main, out, write_plots=False))  # the main report is unchanged above it
+    # a companion that is not a study: one clear error, and nothing written
+    with pytest.raises(CurloraError, match="results.json"):
+        write_report2(main, out, companions=[(tmp_path / "nowhere", tmp_path / "x.md")])
+    assert not out.exists()
+    result = CliRunner().invoke(app, ["study", "report", str(main), "--out", str(out), "--companion", str(other)])
+    assert result.exit_code == 2 and "DIR=REPORT" in result.output and not out.exists()
 
 
 def test_results_survive_json_round_trip(study):

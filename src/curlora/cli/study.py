@@ -96,8 +96,18 @@ def merge(
 def report2(
     study_dir: Path = typer.Argument(..., help="Folder with a study results.json and the findings.md template."),
     out: Path = typer.Option(Path("docs/REPORT.md"), help="The Markdown file to write."),
+    companion: list[str] = typer.Option(
+        [], help="DIR=REPORT: append the study in DIR as a section, linking its full REPORT (repeatable)."),
 ) -> None:
     """Write the second-edition study report: validation-selected configurations, paired intervals, findings."""
     from curlora.reports.continual_report import write_report2
 
-    console.print(f"report: {write_report2(study_dir, out)}")
+    pairs = []
+    for item in companion:
+        folder, sep, full = item.partition("=")
+        if not sep or not folder or not full:
+            raise typer.BadParameter(f"{item!r} is not DIR=REPORT; give the companion study's folder and its "
+                                     "full report, e.g. docs/quantized=docs/quantized/report.md",
+                                     param_hint="--companion")
+        pairs.append((Path(folder), Path(full)))
+    console.print(f"report: {write_report2(study_dir, out, companions=pairs)}")

@@ -36,6 +36,7 @@ M = one of acc, forgetting, ppl, kl; numbers with 3 decimals, counts as integers
 * ``G.lr.LR.A.vs.B.M.mean|sd|low|high|n|verdict``: a design comparison at one learning rate both ran;
 * ``set.S1.vs.S2.F.lr.LR.M.mean|sd|low|high|n|verdict``: design.settings_compared, setting S1 against S2 for
   family F at learning rate LR, paired by seed;
+* ``setting.S.ppl_before``: the mean perplexity of setting S's base model before training (ppl ratios divide by it);
 * ``dup.LABEL.runs|max_diff``: runs present in two merged files, and the largest difference of their final
   accuracies (`curlora study merge`).
 """
@@ -385,6 +386,8 @@ def analyse(results: dict[str, Any], *, n_boot: int = N_BOOT, seed: int = 0) -> 
         "tasks": tasks,
         "duplicates": results.get("duplicates") or {},
         "settings_compared": _settings_compared(results),
+        # the base model's own perplexity per setting (a quantized base has its own): what ppl ratios divide by
+        "ppl_before": {s["name"]: mean_sd(r.get("ppl_before") for r in s["runs"])[0] for s in results["settings"]},
         "groups": [_group(results, g, tasks, n_boot, seed) for g in groups],
     }
 
@@ -419,6 +422,8 @@ def flat_values(analysis: dict[str, Any]) -> dict[str, str]:
         "seeds": ", ".join(str(s) for s in d["seeds"]), "head_lr": fmt_lr(d.get("head_lr")),
         "reference": d["reference"],
     }
+    for name, st in (analysis.get("ppl_before") or {}).items():
+        out[f"setting.{name}.ppl_before"] = fmt(st)
     for c in analysis.get("settings_compared") or []:
         for key, m in c["metrics"].items():
             base = f"set.{c['a']}.vs.{c['b']}.{c['family']}.lr.{fmt_lr(c['lr'])}.{key}"

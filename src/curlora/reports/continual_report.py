@@ -20,7 +20,8 @@ from curlora.files import atomic_write_text
 from curlora.reports.bench import _md_table, _new_figure, _save
 from curlora.reports.continual import METRICS, analyse, flat_values, fmt, fmt_lr, load_study
 
-__all__ = ["LORA_SCALING", "build_report", "fill_template", "plot_name", "render_report", "write_report2"]
+__all__ = ["LORA_SCALING", "build_report", "fill_template", "plot_name", "render_companion", "render_report",
+           "write_report2"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,13 +170,33 @@ def render_report(analysis: dict[str, Any], findings: str, plots: dict[str, str]
     for g in analysis["groups"]:
         lines += _group(g, analysis["design"]["reference"], plots.get(g["name"]))
     if analysis.get("settings_compared"):
-        lines += ["", "## Settings compared", "",
-                  "Setting A − setting B per seed, each family at each learning rate both ran.", ""]
-        rows = [[f"{c['a']} vs {c['b']}", c["family"], fmt_lr(c["lr"]), title, _ci(c["metrics"][key]),
-                 c["metrics"][key]["verdict"]] for c in analysis["settings_compared"] for key, title, _ in METRICS]
-        lines += _md_table(["A vs B", "Family", "lr", "Metric", "A − B [95 % CI] (n)", "Verdict"], rows,
-                           ["l", "l", "r", "l", "r", "l"])
+        lines += ["", "## Settings compared", ""] + _settings_table(analysis)
     lines += ["", "## Findings", "", body]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _settings_table(analysis: dict[str, Any]) -> list[str]:
+    rows = [[f"{c['a']} vs {c['b']}", c["family"], fmt_lr(c["lr"]), title, _ci(c["metrics"][key]),
+             c["metrics"][key]["verdict"]] for c in analysis["settings_compared"] for key, title, _ in METRICS]
+    return ["Setting A − setting B per seed, each family at each learning rate both ran.", ""] + _md_table(
+        ["A vs B", "Family", "lr", "Metric", "A − B [95 % CI] (n)", "Verdict"], rows, ["l", "l", "r", "l", "r", "l"])
+
+
+def render_companion(analysis: dict[str, Any], findings: str, link: str) -> str:
+    """A companion study as one section of another report: what it ran, its settings compared, its findings
+    (filled from its own results); `link` points to its full report."""
+    d, env = analysis["design"], analysis["environment"]
+    settings = "; ".join(f"**{s['name']}**: {s.get('title') or s['name']}" for s in d["settings"])
+    tasks = " → ".join(d["settings"][0].get("order") or [])
+    methods = ", ".join(f"`{m}`" for m in d["methods"])
+    lrs, seeds = ", ".join(fmt_lr(x) for x in d["lrs"]), ", ".join(str(x) for x in d["seeds"])
+    lines = [f"## Companion study: {d.get('title', 'study')}", "",
+             f"Its own design, runs and report ([full report]({link})): {analysis['bench'].get('model', '—')} on "
+             f"{env.get('device_name', '—')}, tasks {tasks}, methods {methods}, lrs {lrs}, seeds {seeds}; settings "
+             f"{settings}; code {analysis.get('commit') or '—'}.", ""]
+    if analysis.get("settings_compared"):
+        lines += _settings_table(analysis) + [""]
+    lines += [fill_template(findings, flat_values(analysis)).strip()]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -207,23 +228,32 @@ def _read_findings(study_dir: Path) -> str:
                            "there.") from None
 
 
-def build_report(study_dir: str | Path, out: str | Path, *, write_plots: bool = True) -> str:
-    """The report text for `study_dir`, with plot links relative to `out`'s folder (plots written when asked)."""
+def build_report(study_dir: str | Path, out: str | Path, *, write_plots: bool = True,
+                 companions: list[tuple[str | Path, str | Path]] = ()) -> str:
+    """The report text for `study_dir`, with plot links relative to `out`'s folder (plots written when asked).
+
+    `companions`: (study folder, its own full report) pairs, each appended as a section (:func:`render_companion`);
+    the folders' results and findings templates are read, nothing there is written."""
     study_dir, out = Path(study_dir), Path(out)
     analysis = analyse(load_study(study_dir))
     findings = _read_findings(study_dir)
+    # every input is read and checked before anything is written
+    extra = [(analyse(load_study(Path(c))), _read_findings(Path(c)), Path(os.path.relpath(r, out.parent)).as_posix())
+             for c, r in companions]
     plots = {}
     for g in analysis["groups"]:
         path = study_dir / plot_name(g["name"])
         if write_plots:
             _plot(g, path)
         plots[g["name"]] = Path(os.path.relpath(path, out.parent)).as_posix()
-    return render_report(analysis, findings, plots)
+    text = render_report(analysis, findings, plots)
+    return "\n".join([text, *(render_companion(a, f, link) for a, f, link in extra)])
 
 
-def write_report2(study_dir: str | Path, out: str | Path) -> Path:
+def write_report2(study_dir: str | Path, out: str | Path,
+                  companions: list[tuple[str | Path, str | Path]] = ()) -> Path:
     """Write the report to `out` (atomically) and the plots into `study_dir`; return `out`."""
     out = Path(out)
-    atomic_write_text(out, build_report(study_dir, out))
+    atomic_write_text(out, build_report(study_dir, out, companions=companions))
     logger.info("wrote %s", out)
     return out
