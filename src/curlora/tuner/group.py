@@ -4,11 +4,12 @@ The three projections read the same input, and under torch.compile on CUDA each 
 kernel (`curlora.tuner.kernels`) of a few microseconds; on a small model those launches, not the bytes they move,
 are much of what the adapters cost. So the first projection called (q, the group's leader) also computes k's
 and v's base outputs, runs all three adapters in one launch, and holds k's and v's results; k and v, called next
-with the very same input tensor, take them. Without the fused kernels (eager mode, CPU) the group runs the same
-torch ops as three layers would, as one autograd node: eager steps are host-bound, and one Python forward and
-backward call per block instead of three is what it saves there. Anything else (another input, another order, a
-member merged, disabled or with several adapters) takes the ordinary per-layer path, so results never depend
-on the grouping: it changes how many launches and Python calls there are, not what they compute.
+with the very same input tensor, take them. Without the fused kernels (eager mode, CPU) the group steps aside:
+each layer runs its own torch ops (`layer.base_output_ops`), whose autograd nodes are C++, so there is no Python
+autograd call to share, and computing k's and v's outputs in q's call measured slower than each layer computing
+its own (perf/host_bench.py: `curlora-ungrouped` ahead of a grouped variant). Anything else (another input,
+another order, a member merged, disabled or with several adapters) takes the ordinary per-layer path, so results
+never depend on the grouping: it changes how many launches and Python calls there are, not what they compute.
 """
 
 from __future__ import annotations
@@ -46,41 +47,6 @@ class _GroupFromBaseOutput(torch.autograd.Function):
         return None, *grad_ys, None, None, None, *grad_us, *([None] * 6)
 
 
-class _GroupTorch(torch.autograd.Function):
-    """`layer._FromBaseOutput` as torch ops for the three projections of a group (no fused kernels: eager, CPU):
-    the same ops as three layers, but one Python autograd node and one Python backward call instead of three."""
-
-    @staticmethod
-    def forward(ctx, alphas, y0, y1, y2, c0, c1, c2, u0, u1, u2, rows0, rows1, rows2, bias0, bias1, bias2):
-        from curlora.tuner.layer import _FromBaseOutput
-
-        outs, saved = [], []
-        for y, c, u, rows, bias, alpha in zip(
-            (y0, y1, y2), (c0, c1, c2), (u0, u1, u2), (rows0, rows1, rows2), (bias0, bias1, bias2), alphas, strict=True
-        ):
-            out, t, ua = _FromBaseOutput.compute(y, c, u, rows, bias, alpha, False)
-            outs.append(out)
-            saved += (t, ua, c, rows)
-        ctx.save_for_backward(*saved)
-        ctx.alphas, ctx.u_dtypes = alphas, (u0.dtype, u1.dtype, u2.dtype)
-        return tuple(outs)
-
-    @staticmethod
-    def backward(ctx, g0, g1, g2):
-        from curlora.tuner.layer import _FromBaseOutput
-
-        saved, need = ctx.saved_tensors, ctx.needs_input_grad
-        grad_ys, grad_us = [], []
-        for i, g in enumerate((g0, g1, g2)):
-            t, ua, c, rows = saved[4 * i : 4 * i + 4]
-            grad_y, grad_u = _FromBaseOutput.torch_backward(
-                g, t, ua, c, rows, ctx.alphas[i], ctx.u_dtypes[i], need[1 + i], need[7 + i]
-            )
-            grad_ys.append(grad_y)
-            grad_us.append(grad_u)
-        return None, *grad_ys, None, None, None, *grad_us, *([None] * 6)
-
-
 def _flat(tensors, cs):
     """Each (…, N) activation as (tokens, N)."""
     return [x.reshape(-1, c.shape[0]) for x, c in zip(tensors, cs, strict=True)]
@@ -108,35 +74,27 @@ class SharedInputGroup:
     def lead(self, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor | None:
         """The leader's output with its followers' computed alongside, or None where the group cannot run."""
         leader, *followers = self.members
-        c = leader.curlora_C[name]
+        c = leader.curlora_C._buffers[name]
         fused = leader._fused_kernels(result, c.shape[1])
-        if not fused and not torch.is_grad_enabled():
-            return None  # the torch ops without autograd: the group saves no node, only adds Python (measured)
+        if not fused:
+            return None  # eager torch ops: the group only adds Python there (measured, see the module docstring)
         names = [name] + [m._single_base_output_adapter() for m in followers]
         if any(n is None for n in names):
             return None
-        cs = [m.curlora_C[n] for m, n in zip(self.members, names, strict=True)]
+        cs = [m.curlora_C._buffers[n] for m, n in zip(self.members, names, strict=True)]
         has_bias = {m.base_layer.bias is not None for m in self.members}
         if any(f.shape[1] != c.shape[1] or f.dtype != c.dtype for f in cs) or len(has_bias) > 1:
             return None
         ys = [result] + [m.base_layer(x) for m in followers]
-        us = [m.curlora_U[n] for m, n in zip(self.members, names, strict=True)]
-        rows = [m.curlora_rows[n] for m, n in zip(self.members, names, strict=True)]
+        us = [m.curlora_U._parameters[n] for m, n in zip(self.members, names, strict=True)]
+        rows = [m.curlora_rows._buffers[n] for m, n in zip(self.members, names, strict=True)]
         bias_rows = [m._bias_rows(n, c.dtype) for m, n in zip(self.members, names, strict=True)]
         alphas = tuple(m.curlora_alpha[n] for m, n in zip(self.members, names, strict=True))
         if torch.is_grad_enabled() and (result.requires_grad or any(u.requires_grad for u in us)):
-            function = _GroupFromBaseOutput if fused else _GroupTorch
-            outs = function.apply(alphas, *ys, *cs, *us, *rows, *bias_rows)
-        elif fused:
+            outs = _GroupFromBaseOutput.apply(alphas, *ys, *cs, *us, *rows, *bias_rows)
+        else:
             flat, _ = kernels.forward_group(_flat(ys, cs), cs, us, rows, bias_rows, alphas)
             outs = [out.view(y.shape) for out, y in zip(flat, ys, strict=True)]
-        else:
-            from curlora.tuner.layer import _FromBaseOutput
-
-            outs = [
-                _FromBaseOutput.compute(y, c_, u, r, b, a, False)[0]
-                for y, c_, u, r, b, a in zip(ys, cs, us, rows, bias_rows, alphas, strict=True)
-            ]
         self._input, self._waiting = x, [None, outs[1], outs[2]]
         return outs[0]
 

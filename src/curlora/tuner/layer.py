@@ -13,6 +13,11 @@ the weight the adapter was made from (the same contract as loading: C and R are 
 only where that holds — a frozen plain nn.Linear/Conv1D, one active adapter, nothing merged — and
 `reuse_base_output=False` in the config turns it off. Under torch.compile on CUDA this path runs as the fused
 Triton kernels of `curlora.tuner.kernels` (one launch forward, one or two backward, instead of ~9).
+
+Elsewhere (eager mode, CPU) it runs as plain torch ops that autograd differentiates (`base_output_ops`): an eager
+step is bound by host work, and C++ autograd nodes cost less host time than a Python autograd.Function's forward
+and backward calls (perf/host_bench.py). For the same reason `forward` reads the layer's state through plain
+attribute and dict lookups rather than PEFT's properties and the ParameterDict/BufferDict accessors.
 """
 
 from __future__ import annotations
@@ -40,12 +45,26 @@ def scaled_u(u: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
     return u if u.dtype == dtype else u.to(dtype)  # no dispatch for a no-op cast: eager steps are host-bound
 
 
+def base_output_ops(y, c, u, rows, bias_rows, alpha: float):
+    """y + α·((y[..., rows] − b[rows])·Uᵀ)·Cᵀ as torch ops (the eager base-output path; autograd differentiates it).
+
+    The gradient autograd forms for y is g + scatter(rows, α·(g·C)·U), as `_FromBaseOutput`'s backward: only
+    through y's r selected columns, never in-sized. For U it is (α·(g·C)ᵀ·t) in U's dtype, also the same."""
+    y2 = y.reshape(-1, c.shape[0])
+    t = y2.index_select(1, rows)
+    if bias_rows is not None:
+        t = t - bias_rows
+    return torch.addmm(y2, F.linear(t, scaled_u(u, alpha, c.dtype)), c.t()).view(y.shape)
+
+
 class _FromBaseOutput(torch.autograd.Function):
     """out = y + α·((y[..., rows] − b[rows])·Uᵀ)·Cᵀ for y = x·Wᵀ + b with R = W[rows]; gradients for y and U.
 
     The gradient for y is g + scatter(rows, α·(g·C)·U): one copy of the out-sized gradient with r columns
     updated, instead of the in-sized (g·C·αU)·R that the x·Rᵀ formulation sends back to x. With `fused`, the
     same math runs as the Triton kernels of `curlora.tuner.kernels` (CUDA under torch.compile), else as torch ops.
+    The layer uses it with `fused` only; without, `base_output_ops` is cheaper on the host (the tests keep this
+    torch-ops form as the kernels' reference).
     """
 
     @staticmethod
@@ -99,6 +118,10 @@ class _FromBaseOutput(torch.autograd.Function):
         if need_y:
             grad_y = g2.index_add(1, rows, gh.mm(ua)).view(grad_out.shape)
         return grad_y, grad_u
+
+
+# base layers whose output is exactly x·Wᵀ + b (checked by exact type: a subclass may compute something else)
+_PLAIN_BASES = (nn.Linear, Conv1D)
 
 
 class CURLoRALayer(BaseTunerLayer):
@@ -281,22 +304,23 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # Only Python-side, non-data-dependent branches (flags, adapter names, dtypes), so that
-        # torch.compile(fullgraph=True) traces this without graph breaks (tests/test_compile.py).
+        # torch.compile(fullgraph=True) traces this without graph breaks (tests/test_compile.py). The state is read
+        # as plain attributes (`_disable_adapters`, not the `disable_adapters` property): eager steps are host-bound.
         if kwargs and "adapter_names" in kwargs:
             adapter_names = kwargs.pop("adapter_names")
-            if adapter_names is not None and not self.disable_adapters:
+            if adapter_names is not None and not self._disable_adapters:
                 return mixed.mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
         group = self._shared_input_group if not args and not kwargs else None
         if group is not None and group.members[0] is not self:
             taken = group.take(self, x)  # computed by the group's leader for this very input
             if taken is not None:
                 return taken
-        if self.disable_adapters:
-            if self.merged:
+        if self._disable_adapters:
+            if self.merged_adapters:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
+        if self.merged_adapters:
             return result
         names = self._active_here()
         if len(names) == 1 and self._can_reuse_base_output(names[0], result):
@@ -311,28 +335,29 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
 
     def _can_reuse_base_output(self, name: str, result: torch.Tensor) -> bool:
         """Whether result[..., rows] − b[rows] is x·Rᵀ: a frozen plain Linear/Conv1D in the factors' dtype."""
-        return self._frozen_plain_base(name) and result.dtype == self.curlora_C[name].dtype
+        return result.dtype == self.curlora_C._buffers[name].dtype and self._frozen_plain_base(name)
 
     def _frozen_plain_base(self, name: str) -> bool:
         base = self.base_layer  # this class wraps its base directly (no nested tuner layers)
-        return (
-            self.curlora_reuse_base_output[name]
-            and type(base) in (nn.Linear, Conv1D)
-            and not base.weight.requires_grad
-            and (base.bias is None or not base.bias.requires_grad)
-        )
+        if not self.curlora_reuse_base_output[name] or type(base) not in _PLAIN_BASES:
+            return False
+        bias = base.bias
+        return not base.weight.requires_grad and (bias is None or not bias.requires_grad)
 
     def _single_base_output_adapter(self) -> str | None:
         """The one active adapter, where this layer would take the base-output path for an output in its
         factors' dtype (as `forward` decides); else None. Asked by its group's leader before computing for it."""
-        if self.disable_adapters or self.merged:
+        if self._disable_adapters or self.merged_adapters:
             return None
         names = self._active_here()
         return names[0] if len(names) == 1 and self._frozen_plain_base(names[0]) else None
 
     def _active_here(self) -> list[str]:
         """The active adapters this layer holds."""
-        return [name for name in self.active_adapters if name in self.curlora_U]
+        active, held = self._active_adapter, self.curlora_U._parameters  # a str or a list of str (PEFT)
+        if isinstance(active, str):
+            return [active] if active in held else []
+        return [name for name in active if name in held]
 
     def _bias_rows(self, name: str, dtype: torch.dtype) -> torch.Tensor | None:
         """b[rows] in `dtype`: what the base output holds beyond x·Rᵀ at the adapter's rows (None: no bias)."""
@@ -340,14 +365,15 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         return None if bias is None else bias.index_select(0, self.curlora_rows[name]).to(dtype)
 
     def _add_from_base_output(self, name: str, result: torch.Tensor) -> torch.Tensor:
-        rows = self.curlora_rows[name]
+        rows = self.curlora_rows._buffers[name]
         bias_rows = self._bias_rows(name, result.dtype)
-        c, u, alpha = self.curlora_C[name], self.curlora_U[name], self.curlora_alpha[name]
-        fused = self._fused_kernels(result, c.shape[1])
+        c, u, alpha = self.curlora_C._buffers[name], self.curlora_U._parameters[name], self.curlora_alpha[name]
+        if not self._fused_kernels(result, c.shape[1]):
+            # autograd's C++ nodes, not a Python autograd.Function: cheaper on the host, same gradients
+            return base_output_ops(result, c, u, rows, bias_rows, alpha)
         if torch.is_grad_enabled() and (result.requires_grad or u.requires_grad):
-            return _FromBaseOutput.apply(result, c, u, rows, bias_rows, alpha, fused)
-        # inference: the same ops without a Python autograd node (its cost shows on host-bound small models)
-        return _FromBaseOutput.compute(result, c, u, rows, bias_rows, alpha, fused)[0]
+            return _FromBaseOutput.apply(result, c, u, rows, bias_rows, alpha, True)
+        return _FromBaseOutput.compute(result, c, u, rows, bias_rows, alpha, True)[0]
 
     def _fused_kernels(self, result: torch.Tensor, rank: int) -> bool:
         """Whether the base-output path runs as Triton kernels (CUDA, Triton, torch.compile) or as torch ops."""
