@@ -6,9 +6,11 @@ Sequence classification of SST-2 sentences (GLUE layout under --data-dir; the bu
 otherwise), batch 8, padded per batch (`DataCollatorWithPadding`), AdamW, no evaluation or saving. A callback
 timestamps every optimizer step; steps/s counts the steps after --warmup (so compilation is left out and reported
 as the warm-up's time). Configurations run one after another in rounds, the order rotated each round, and the table
-reports the median over rounds with each method's ratio to head_only of the same mode.
+reports the median over rounds with each method's ratio to head_only of the same mode. Each run also records how
+many graphs torch.compile made and how many graph breaks it hit (zero in eager mode).
 
     python perf/trainer_bench.py --device cpu --steps 30 --warmup 5 --rounds 2 --modes eager --out trainer.json
+    python perf/trainer_bench.py --device cpu --model tiny --modes compile --steps 16 --warmup 4 --rounds 1
     python perf/trainer_bench.py --device cuda --steps 200 --warmup 20 --rounds 3 --out docs/perf/trainer/135m.json
 """
 
@@ -34,6 +36,7 @@ from transformers import (
 
 import curlora
 from curlora.models.builtin import ensure_builtin_model
+from curlora.testing import save_tiny_model
 
 METHODS = ("curlora", "lora", "head_only")
 TARGETS = ["q_proj", "k_proj", "v_proj"]
@@ -75,6 +78,10 @@ def build(method: str, folder: Path):
 
 
 def one_run(method: str, compiled: bool, args, folder: Path, dataset, tokenizer) -> dict:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # every compiled run compiles from scratch: its warm-up time and graph count are its own
+    counters.clear()
     torch.manual_seed(0)
     model = build(method, folder)
     clock = StepClock(args.device)
@@ -97,6 +104,10 @@ def one_run(method: str, compiled: bool, args, folder: Path, dataset, tokenizer)
         "steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]),
         "warmup_s": times[args.warmup] - t0,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        # per-batch padding gives a new sequence length almost every step: a method that compiled a graph per
+        # length would show it here (dynamo compiles one static graph, then one with a dynamic length)
+        "graphs_compiled": counters["stats"].get("unique_graphs", 0),
+        "graph_breaks": sum(counters["graph_break"].values()),
     }
 
 
@@ -112,13 +123,15 @@ def main() -> None:
     p.add_argument("--modes", default="eager,compile")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--model", default="builtin", choices=["builtin", "tiny"],
+                   help="the built-in SmolLM2-135M, or a tiny random-init Llama (compile behaviour on a CPU)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.warmup + 2 > args.steps:
         p.error("--steps must exceed --warmup by at least 2")
-    folder = ensure_builtin_model()
+    folder = ensure_builtin_model() if args.model == "builtin" else save_tiny_model(Path(tempfile.mkdtemp()) / "tiny")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     rows = sentences(args.data_dir, args.steps * args.batch_size)
     enc = tokenizer([t for t, _ in rows], truncation=True, max_length=args.max_length)
@@ -132,10 +145,11 @@ def main() -> None:
             if args.out:  # every finished run is kept, so a run cut short by a time limit still reports
                 write(args.out, report(args, configs, runs))
     rep = report(args, configs, runs)
-    print(f"{'method/mode':<22}{'steps/s':>10}{'vs head_only':>14}{'warm-up s':>11}{'trainable':>12}")
+    print(f"{'method/mode':<22}{'steps/s':>10}{'vs head_only':>14}{'warm-up s':>11}{'trainable':>12}{'graphs':>8}")
     for key, row in rep["summary"].items():
         ratio = f"{row['vs_head_only']:.3f}" if row["vs_head_only"] else "—"
-        print(f"{key:<22}{row['steps_per_s']:>10.2f}{ratio:>14}{row['warmup_s']:>11.1f}{row['trainable_params']:>12,}")
+        print(f"{key:<22}{row['steps_per_s']:>10.2f}{ratio:>14}{row['warmup_s']:>11.1f}{row['trainable_params']:>12,}"
+              f"{row['graphs_compiled']:>8}")
     if args.out:
         write(args.out, rep)
 
@@ -157,6 +171,8 @@ def report(args, configs: list[tuple[str, bool]], runs: list[dict]) -> dict:
             "steps_per_s": statistics.median(r["steps_per_s"] for r in mine),
             "warmup_s": statistics.median(r["warmup_s"] for r in mine),
             "trainable_params": mine[0]["trainable_params"],
+            "graphs_compiled": max(r.get("graphs_compiled", 0) for r in mine),
+            "graph_breaks": max(r.get("graph_breaks", 0) for r in mine),
         }
     for key, row in summary.items():
         floor = summary.get(f"head_only/{key.split('/')[1]}")
