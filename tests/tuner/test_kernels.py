@@ -203,6 +203,27 @@ def test_compiled_qkv_groups_match_eager():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @needs_triton
+def test_fused_kernels_compile_a_bounded_number_of_graphs_over_many_lengths():
+    """HF Trainer pads per batch, so the token count changes almost every step; the kernels' launch grid depends
+    on it. Under torch.compile with a dynamic length that must not become one graph per length."""
+    import curlora
+    from curlora.tuner.layer import CURLoRALinear
+
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    base = torch.nn.Linear(256, 192, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    layer = CURLoRALinear(base, "default", curlora.CURLoRAConfig(r=16), layer_name="x")
+    fn = torch.compile(layer)
+    for length in (17, 23, 31, 45, 64, 90, 128, 200, 256, 333):  # below the one-kernel backward size (H100/H200)
+        x = torch.randn(8, length, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        fn(x).float().square().sum().backward()
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_triton
 def test_compiled_layer_with_fused_kernels_matches_eager():
     import curlora
     from curlora.tuner.layer import CURLoRALinear
