@@ -93,7 +93,8 @@ def one_run(method: str, compiled: bool, args, folder: Path, dataset, tokenizer)
             disable_tqdm=True, seed=0,
         )
         trainer = Trainer(model=model, args=targs, train_dataset=dataset,
-                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[clock])
+                          data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=args.pad_to_multiple_of),
+                          callbacks=[clock])
         t0 = time.perf_counter()
         trainer.train()
     times = [t0, *clock.times]
@@ -123,6 +124,8 @@ def main() -> None:
     p.add_argument("--modes", default="eager,compile")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--pad-to-multiple-of", type=int, default=None,
+                   help="pad each batch to a multiple of this length (fewer shapes for torch.compile)")
     p.add_argument("--model", default="builtin", choices=["builtin", "tiny"],
                    help="the built-in SmolLM2-135M, or a tiny random-init Llama (compile behaviour on a CPU)")
     p.add_argument("--out", type=Path, default=None)
