@@ -255,6 +255,15 @@ def _paired(units: dict, a: str, b: str, key: str) -> list[float]:
     return out
 
 
+def _compare(units: dict, a: str, b: str) -> dict[str, dict]:
+    """A − B per shared unit for every metric: paired stats and a verdict each."""
+    metrics = {}
+    for key, _, higher in METRICS:
+        st = paired_stats(_paired(units, a, b, key))
+        metrics[key] = {**st, "verdict": verdict(a, b, st, higher)}
+    return metrics
+
+
 def _group(results: dict, name: str, tasks_info: dict, n_boot: int, seed: int) -> dict[str, Any]:
     design = results["design"]
     ref = design["reference"]
@@ -300,10 +309,7 @@ def _group(results: dict, name: str, tasks_info: dict, n_boot: int, seed: int) -
     pairs += [(f, ref) for f in families if f != ref and (f, ref) not in pairs]
     comparisons = []
     for a, b in pairs:
-        metrics = {}
-        for key, _, higher in METRICS:
-            st = paired_stats(_paired(units, a, b, key))
-            metrics[key] = {**st, "verdict": verdict(a, b, st, higher)}
+        metrics = _compare(units, a, b)
         shared = sorted(set(units[a]) & set(units[b]))
         boot = bootstrap_diff_interval(
             [_correct(units[a][u][0], orders[u[0]], info[u[0]]) for u in shared],
@@ -334,11 +340,7 @@ def _same_lr(per_family: dict[str, list], pairs: list[tuple]) -> list[dict[str, 
         lrs_a = {r.get("lr") for _, r, _ in per_family[a]}
         for lr in sorted(lrs_a & {r.get("lr") for _, r, _ in per_family[b]}):
             units = {f: {u: (r, m) for u, r, m in per_family[f] if r.get("lr") == lr} for f in (a, b)}
-            metrics = {}
-            for key, _, higher in METRICS:
-                st = paired_stats(_paired(units, a, b, key))
-                metrics[key] = {**st, "verdict": verdict(a, b, st, higher)}
-            out.append({"a": a, "b": b, "lr": lr, "metrics": metrics})
+            out.append({"a": a, "b": b, "lr": lr, "metrics": _compare(units, a, b)})
     return out
 
 
@@ -358,11 +360,7 @@ def _settings_compared(results: dict) -> list[dict[str, Any]]:
         for fam, lr in keys:
             units = {side: {seed: (None, m) for (f, x, seed), m in runs[side].items() if (f, x) == (fam, lr)}
                      for side in (name_a, name_b)}
-            metrics = {}
-            for key, _, higher in METRICS:
-                st = paired_stats(_paired(units, name_a, name_b, key))
-                metrics[key] = {**st, "verdict": verdict(name_a, name_b, st, higher)}
-            out.append({"a": name_a, "b": name_b, "family": fam, "lr": lr, "metrics": metrics})
+            out.append({"a": name_a, "b": name_b, "family": fam, "lr": lr, "metrics": _compare(units, name_a, name_b)})
     return out
 
 
@@ -425,10 +423,7 @@ def flat_values(analysis: dict[str, Any]) -> dict[str, str]:
     for name, st in (analysis.get("ppl_before") or {}).items():
         out[f"setting.{name}.ppl_before"] = fmt(st)
     for c in analysis.get("settings_compared") or []:
-        for key, m in c["metrics"].items():
-            base = f"set.{c['a']}.vs.{c['b']}.{c['family']}.lr.{fmt_lr(c['lr'])}.{key}"
-            for stat, v in m.items():
-                out[f"{base}.{stat}"] = v if stat == "verdict" else fmt(v)
+        _put_metrics(out, f"set.{c['a']}.vs.{c['b']}.{c['family']}.lr.{fmt_lr(c['lr'])}", c["metrics"])
     for label, d in (analysis.get("duplicates") or {}).items():
         out[f"dup.{label}.runs"] = str(d["runs"])
         out[f"dup.{label}.max_diff"] = f"{d['max_final_acc_diff']:.4f}"
@@ -459,13 +454,14 @@ def flat_values(analysis: dict[str, Any]) -> dict[str, str]:
                 out[f"{p}.family.{f}.task.{t}.relforg"] = "n/a (no gain)" if row["relforg"] is None else fmt(
                     row["relforg"])
         for c in g["same_lr"]:
-            for key, m in c["metrics"].items():
-                base = f"{p}.lr.{fmt_lr(c['lr'])}.{c['a']}.vs.{c['b']}.{key}"
-                for stat, v in m.items():
-                    out[f"{base}.{stat}"] = v if stat == "verdict" else fmt(v)
+            _put_metrics(out, f"{p}.lr.{fmt_lr(c['lr'])}.{c['a']}.vs.{c['b']}", c["metrics"])
         for c in g["comparisons"]:
-            for key, m in c["metrics"].items():
-                base = f"{p}.cmp.{c['a']}.vs.{c['b']}.{key}"
-                for stat, v in m.items():
-                    out[f"{base}.{stat}"] = v if stat == "verdict" else fmt(v)
+            _put_metrics(out, f"{p}.cmp.{c['a']}.vs.{c['b']}", c["metrics"])
     return out
+
+
+def _put_metrics(out: dict[str, str], prefix: str, metrics: dict[str, dict]) -> None:
+    """``prefix.M.stat`` for every metric M and statistic of one comparison (verdicts as written)."""
+    for key, m in metrics.items():
+        for stat, v in m.items():
+            out[f"{prefix}.{key}.{stat}"] = v if stat == "verdict" else fmt(v)
