@@ -32,6 +32,8 @@ CUR_BASES = {"curlora": "cur", "cur-random": "random", "svd-top": "svd-top", "sv
 RANKED = (*CUR_BASES, "lora", "vera")
 METHODS = (*RANKED, "head_only", "full", "probe")
 UNRANKED = ("head_only", "full", "probe")
+#: methods whose backbone stays frozen: only heads learn, so adapter options do not apply
+FROZEN_BACKBONE = ("head_only", "probe")
 _SPEC = re.compile(r"^(?P<name>[a-z_]+(?:-[a-z_]+)*)(?:-(?P<rank>\d+))?(?::(?P<opts>.+))?$")
 
 
@@ -104,7 +106,7 @@ class MethodSpec:
     @property
     def frozen_backbone(self) -> bool:
         """Only heads learn (head_only, probe): features are embedded once per task and never change."""
-        return self.method in ("head_only", "probe")
+        return self.method in FROZEN_BACKBONE
 
     @property
     def takes_sampling(self) -> bool:
@@ -144,11 +146,11 @@ def parse_method(spec: str) -> MethodSpec:
             elif key == "sampling" and name in CUR_BASES:
                 check_strategy(value)
                 fields[key] = value
-            elif key == "head_init" and name not in ("head_only", "probe"):
+            elif key == "head_init" and name not in FROZEN_BACKBONE:
                 if value not in ("probe", "random"):
                     raise CurloraError("head_init must be probe (linear probe, then fine-tune) or random")
                 fields[key] = None if value == "random" else value
-            elif key == "targets" and name not in ("head_only", "probe"):
+            elif key == "targets" and name not in FROZEN_BACKBONE:
                 names = tuple(value.split("+"))
                 if not all(re.fullmatch(r"[A-Za-z_][\w.]*", n) for n in names) or len(set(names)) != len(names):
                     raise CurloraError("targets must be module names joined by '+', each once, e.g. q_proj+v_proj")

@@ -25,8 +25,9 @@ from curlora.files import atomic_write_json
 from curlora.methods import spec_family
 from curlora.recipes.sweep.runner import Options, SweepReporter, read_run, run_dir, run_sweep, sanitize
 from curlora.recipes.sweep.space import SPACE_KEYS, Space, _toml_load, make_space
+from curlora.reports.continual import RESULTS_FILE  # the study's results.json: its reader owns the contract
+from curlora.reports.results import RESULTS_FILE as BENCH_RESULTS
 
-RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
 _STUDY_KEYS = {"title", "reference", "comparisons", "notes", "settings_compared"}
 _SETTING_KEYS = {"name", "group", "title"}
@@ -143,7 +144,7 @@ def collect_study(design: dict, out: str | Path, *, data_dir: str | None = None)
                 if record is None:
                     continue
                 if suite is None:  # every run of a setting sees the same suite (its config is in the folder)
-                    bench = json.loads((run_dir(folder, conf.label, seed) / RESULTS_FILE).read_text())
+                    bench = json.loads((run_dir(folder, conf.label, seed) / BENCH_RESULTS).read_text())
                     suite, environment = bench["suite"], bench.get("environment")
                 runs.append({"label": conf.label, "family": spec_family(conf.spec), **_run_fields(record)})
         config = space.base_config().result_key()

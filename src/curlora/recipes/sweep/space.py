@@ -147,7 +147,7 @@ def _spec_text(method: str, rank, lr: float, alpha, sampling, spec: MethodSpec |
         opts.append(f"head_lr={_fmt(spec.head_lr)}")
     if spec is not None and spec.targets:
         opts.append("targets=" + "+".join(spec.targets))
-    if spec is not None and getattr(spec, "head_init", None):
+    if spec is not None and spec.head_init:
         opts.append(f"head_init={spec.head_init}")
     return method + (f"-{rank}" if rank is not None else "") + ":" + ",".join(opts)
 
