@@ -224,8 +224,9 @@ def main(argv=None) -> dict:
     text = json.dumps(report, indent=2, allow_nan=False)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        from curlora.files import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     return report
 
 

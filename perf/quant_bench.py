@@ -30,7 +30,6 @@ import argparse
 import copy
 import datetime
 import gc
-import json
 import os
 import platform
 import statistics
@@ -329,10 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "targets": rows,
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
-        os.replace(tmp, args.out)
+        from curlora.files import atomic_write_json
+
+        atomic_write_json(args.out, payload)
     return 0
 
 

@@ -17,7 +17,6 @@ many graphs torch.compile made and how many graph breaks it hit (zero in eager m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -35,6 +34,7 @@ from transformers import (
 )
 
 import curlora
+from curlora.files import atomic_write_json
 from curlora.models.builtin import ensure_builtin_model
 from curlora.testing import save_tiny_model
 
@@ -146,7 +146,7 @@ def main() -> None:
         for method, compiled in configs[k % len(configs):] + configs[: k % len(configs)]:
             runs.append(one_run(method, compiled, args, folder, dataset, tokenizer) | {"round": k})
             if args.out:  # every finished run is kept, so a run cut short by a time limit still reports
-                write(args.out, report(args, configs, runs))
+                atomic_write_json(args.out, report(args, configs, runs))
     rep = report(args, configs, runs)
     print(f"{'method/mode':<22}{'steps/s':>10}{'vs head_only':>14}{'warm-up s':>11}{'trainable':>12}{'graphs':>8}")
     for key, row in rep["summary"].items():
@@ -154,14 +154,7 @@ def main() -> None:
         print(f"{key:<22}{row['steps_per_s']:>10.2f}{ratio:>14}{row['warmup_s']:>11.1f}{row['trainable_params']:>12,}"
               f"{row['graphs_compiled']:>8}")
     if args.out:
-        write(args.out, rep)
-
-
-def write(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-    tmp.replace(path)
+        atomic_write_json(args.out, rep)
 
 
 def report(args, configs: list[tuple[str, bool]], runs: list[dict]) -> dict:
