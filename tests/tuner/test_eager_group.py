@@ -1,4 +1,4 @@
-"""The q/k/v group without fused kernels (eager, CPU) steps aside: each layer computes its own, same numbers."""
+"""The q/k/v group without fused kernels (eager, CPU) runs as one batch of torch ops: the layers' own numbers."""
 
 import pytest
 import torch
@@ -39,7 +39,7 @@ def test_eager_group_matches_the_layers_alone_forward_backward_and_inference(mon
         return [logits.detach(), infer, emb.grad] + [m.curlora_U["default"].grad.clone() for m in layers]
 
     grouped = run()
-    assert led == [False] * 4  # two blocks, with and without grad: eagerly each layer runs its own torch ops
+    assert led == [True] * 4  # two blocks, with and without grad: the leader computes its group's outputs
     assert all(m._shared_input_group._input is None for m in layers)  # nothing held after the forward
     groups = [m._shared_input_group for m in layers]
     for layer in layers:
@@ -48,5 +48,5 @@ def test_eager_group_matches_the_layers_alone_forward_backward_and_inference(mon
     for layer, g in zip(layers, groups, strict=True):
         layer._shared_input_group = g
     for i, (a, b) in enumerate(zip(grouped, alone, strict=True)):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=f"tensor {i}")
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"tensor {i}")
     assert all(u.abs().max() > 0 for u in alone[3:])  # gradients reach every U

@@ -15,6 +15,7 @@ never depend on the grouping: it changes how many launches and Python calls ther
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from curlora.tuner import kernels
@@ -59,6 +60,7 @@ class SharedInputGroup:
         self.members = members
         self._input: torch.Tensor | None = None  # the leader's input while its followers' outputs wait
         self._waiting: list[torch.Tensor | None] = [None, None, None]
+        self._rows_cache: tuple | None = None  # (the R buffers and their versions, their concatenation)
 
     def take(self, member: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         """A follower's output computed by the leader for this same input, or None (then it computes its own)."""
@@ -75,13 +77,12 @@ class SharedInputGroup:
         """The leader's output with its followers' computed alongside, or None where the group cannot run."""
         leader, *followers = self.members
         c = leader.curlora_C._buffers[name]
-        fused = leader._fused_kernels(result, c.shape[1])
-        if not fused:
-            return None  # eager torch ops: the group only adds Python there (measured, see the module docstring)
         names = [name] + [m._single_base_output_adapter() for m in followers]
         if any(n is None for n in names):
             return None
         cs = [m.curlora_C._buffers[n] for m, n in zip(self.members, names, strict=True)]
+        if not leader._fused_kernels(result, c.shape[1]):
+            return self._lead_torch_ops(x, names, cs, result)
         has_bias = {m.base_layer.bias is not None for m in self.members}
         if any(f.shape[1] != c.shape[1] or f.dtype != c.dtype for f in cs) or len(has_bias) > 1:
             return None
@@ -97,6 +98,40 @@ class SharedInputGroup:
             outs = [out.view(y.shape) for out, y in zip(flat, ys, strict=True)]
         self._input, self._waiting = x, [None, outs[1], outs[2]]
         return outs[0]
+
+    def _lead_torch_ops(self, x, names, cs, result):
+        """The eager form: the three adapters as one batch of torch ops (autograd's C++ nodes, no Python Function).
+
+        t = x·[R_q; R_k; R_v]ᵀ is one GEMM, the three r × r products one bmm, and each output one addmm into its
+        base output: 7 forward ops for the group instead of 4 per projection, and about half the backward nodes."""
+        members = self.members
+        us = [m.curlora_U._parameters[n] for m, n in zip(members, names, strict=True)]
+        rs = [m.curlora_R._buffers[n] for m, n in zip(members, names, strict=True)]
+        rank, dtype = cs[0].shape[1], result.dtype
+        same = all(c.shape[1] == rank and c.dtype == dtype for c in cs) and len({u.dtype for u in us}) == 1
+        if not same or x.dtype != dtype or any(r.dtype != dtype for r in rs):
+            return None
+        ys = [result] + [m.base_layer(x) for m in members[1:]]
+        alphas = [m.curlora_alpha[n] for m, n in zip(members, names, strict=True)]
+        us = [u if a == 1.0 else a * u for u, a in zip(us, alphas, strict=True)]
+        u = torch.stack(us)
+        if u.dtype != dtype:
+            u = u.to(dtype)
+        t = F.linear(x.reshape(-1, x.shape[-1]), self._stacked_rows(rs))  # (tokens, 3r)
+        h = torch.bmm(t.view(-1, 3, rank).transpose(0, 1), u.transpose(1, 2)).unbind(0)  # 3 × (tokens, r)
+        outs = [
+            torch.addmm(y.reshape(-1, c.shape[0]), hp, c.t()).view(y.shape) for y, hp, c in zip(ys, h, cs, strict=True)
+        ]
+        self._input, self._waiting = x, [None, outs[1], outs[2]]
+        return outs[0]
+
+    def _stacked_rows(self, rs: list[torch.Tensor]) -> torch.Tensor:
+        """[R_q; R_k; R_v] (3r × in), kept while the three frozen R buffers are the same tensors, unchanged."""
+        key = [(r, r._version) for r in rs]
+        cached = self._rows_cache
+        if cached is None or any(a is not b or va != vb for (a, va), (b, vb) in zip(cached[0], key, strict=True)):
+            cached = self._rows_cache = (key, torch.cat(rs))
+        return cached[1]
 
 
 def link_shared_input_groups(model: nn.Module, layer_type: type) -> None:
