@@ -7,7 +7,8 @@ otherwise), batch 8, padded per batch (`DataCollatorWithPadding`), AdamW, no eva
 timestamps every optimizer step; steps/s counts the steps after --warmup (so compilation is left out and reported
 as the warm-up's time). Configurations run one after another in rounds, the order rotated each round, and the table
 reports the median over rounds with each method's ratio to head_only of the same mode. Each run also records how
-many graphs torch.compile made and how many graph breaks it hit (zero in eager mode).
+many graphs torch.compile made and how many graph breaks it hit (zero in eager mode). `--methods` also takes
+`curlora-ungrouped`: CURLoRA with its q/k/v groups unlinked, each projection computing its own adapter.
 
     python perf/trainer_bench.py --device cpu --steps 30 --warmup 5 --rounds 2 --modes eager --out trainer.json
     python perf/trainer_bench.py --device cpu --model tiny --modes compile --steps 16 --warmup 4 --rounds 1
@@ -68,8 +69,13 @@ class StepClock(TrainerCallback):
 def build(method: str, folder: Path):
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, dtype=torch.float32)
     model.config.pad_token_id = model.config.pad_token_id or model.config.eos_token_id
-    if method == "curlora":
-        return get_peft_model(model, curlora.CURLoRAConfig(r=16, target_modules=TARGETS, task_type="SEQ_CLS"))
+    if method.startswith("curlora"):
+        peft_model = get_peft_model(model, curlora.CURLoRAConfig(r=16, target_modules=TARGETS, task_type="SEQ_CLS"))
+        if method == "curlora-ungrouped":  # each projection on its own (the q/k/v groups unlinked)
+            for module in peft_model.modules():
+                if hasattr(module, "_shared_input_group"):
+                    module._shared_input_group = None
+        return peft_model
     if method == "lora":
         return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=TARGETS, task_type="SEQ_CLS"))
     model.requires_grad_(False)
