@@ -7,7 +7,8 @@ time of this thread, so that time the VM spends elsewhere is not counted):
 
 - ``layer``: one nn.Linear(64, 64) called directly, input requiring grad, output gradient given (no loss);
 - ``model``: a tiny Llama (`curlora.testing.tiny_llama`, hidden 64) with q/k/v adapted, inputs_embeds
-  requiring grad; the per-layer cost is (variant − floor) / adapted layers.
+  requiring grad; the per-layer cost is (variant − floor) / adapted layers;
+- ``autocast``: the same model in float32 under bf16 autocast (HF Trainer's `bf16=True` on a float32 model).
 
 Variants: ``floor`` (frozen base only), ``lora`` (PEFT LoRA r=16, `curlora.lora_config`), ``curlora`` (this
 checkout; in the model also ``curlora-ungrouped``: q/k/v groups unlinked). With ``--baseline REV`` the CURLoRA
@@ -111,7 +112,9 @@ def scenario_layer(args, dtype, variants, baseline):
     return {v: (lambda m=m: step(m)) for v, m in layers.items()}, 1
 
 
-def scenario_model(args, dtype, variants, baseline):
+def scenario_model(args, dtype, variants, baseline, autocast: bool = False):
+    import contextlib
+
     from curlora.testing import tiny_llama
 
     base = tiny_llama(num_layers=args.layers, hidden_size=args.width, dtype=dtype).model  # no LM head
@@ -120,7 +123,9 @@ def scenario_model(args, dtype, variants, baseline):
 
     def step(model):
         x = emb.detach().requires_grad_(True)
-        model(inputs_embeds=x).last_hidden_state[:, -1, :2].float().sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            out = model(inputs_embeds=x).last_hidden_state
+        out[:, -1, :2].float().sum().backward()
 
     return {v: (lambda m=m: step(m)) for v, m in models.items()}, 3 * args.layers
 
@@ -205,7 +210,7 @@ def main(argv=None) -> dict:
     }
     dtypes = args.dtypes.split(",")
     for scenario in args.scenarios.split(","):
-        for dtype_name in dtypes if scenario == "layer" else dtypes[:1]:
+        for dtype_name in dtypes if scenario == "layer" else ["float32"] if scenario == "autocast" else dtypes[:1]:
             dtype = getattr(torch, dtype_name)
             if scenario == "layer":
                 variants = ["floor", "lora", "curlora", *base_variants]
@@ -214,7 +219,7 @@ def main(argv=None) -> dict:
             else:
                 variants = ["floor", "lora", "curlora", "curlora-ungrouped"]
                 variants += [*base_variants, "base-curlora-ungrouped"] if baseline else []
-                runs, adapted = scenario_model(args, dtype, variants, baseline)
+                runs, adapted = scenario_model(args, dtype, variants, baseline, autocast=scenario == "autocast")
                 rounds, inner = args.rounds, 2
             key = f"{scenario}-{dtype_name}"
             report["results"][key] = summarise(timed(runs, rounds, inner, warmup=20), adapted)

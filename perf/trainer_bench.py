@@ -8,7 +8,8 @@ timestamps every optimizer step; steps/s counts the steps after --warmup (so com
 as the warm-up's time). Configurations run one after another in rounds, the order rotated each round, and the table
 reports the median over rounds with each method's ratio to head_only of the same mode. Each run also records how
 many graphs torch.compile made and how many graph breaks it hit (zero in eager mode). `--methods` also takes
-`curlora-ungrouped`: CURLoRA with its q/k/v groups unlinked, each projection computing its own adapter.
+`curlora-ungrouped` (CURLoRA with its q/k/v groups unlinked, each projection computing its own adapter) and
+`curlora-xr` (x·Rᵀ as a GEMM of its own: `CURLoRAConfig(reuse_base_output=False)`, no groups).
 
     python perf/trainer_bench.py --device cpu --steps 30 --warmup 5 --rounds 2 --modes eager --out trainer.json
     python perf/trainer_bench.py --device cpu --model tiny --modes compile --steps 16 --warmup 4 --rounds 1
@@ -70,7 +71,9 @@ def build(method: str, folder: Path):
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, dtype=torch.float32)
     model.config.pad_token_id = model.config.pad_token_id or model.config.eos_token_id
     if method.startswith("curlora"):
-        peft_model = get_peft_model(model, curlora.CURLoRAConfig(r=16, target_modules=TARGETS, task_type="SEQ_CLS"))
+        reuse = method != "curlora-xr"  # curlora-xr: x·Rᵀ as its own GEMM, never taken from the base output
+        config = curlora.CURLoRAConfig(r=16, target_modules=TARGETS, task_type="SEQ_CLS", reuse_base_output=reuse)
+        peft_model = get_peft_model(model, config)
         if method == "curlora-ungrouped":  # each projection on its own (the q/k/v groups unlinked)
             for module in peft_model.modules():
                 if hasattr(module, "_shared_input_group"):

@@ -6,6 +6,7 @@
 #            (perf/step_bench.py; ~8 min on an H200)
 #   step-135m: the 135M rows alone: the eager step, then the default-mode compiled step (each compile ~1 min)
 #   trainer-eager: HF Trainer eager only, 2 rounds, CURLoRA with and without its q/k/v groups, LoRA, head_only
+#            (METHODS=... picks others, e.g. curlora-xr)
 #   trainer: HF Trainer steps/s, eager and torch_compile=True, per-batch padding and padding to a multiple of 64
 #            (perf/trainer_bench.py; needs the built-in model and .devdata carried, as tools/device-setup.sh says)
 source tools/device-setup.sh
@@ -30,7 +31,7 @@ case ${1:-step} in
     grep -hE "^\s+\[|PASS|FAIL" $OUT/step-135m-*.log | head -40 ;;
   trainer-eager)
     timeout 400 python3 perf/trainer_bench.py --device cuda --data-dir .devdata --steps 120 --warmup 20 --rounds 2 \
-      --modes eager --methods curlora,curlora-ungrouped,lora,head_only --out $OUT/trainer-135m-eager.json \
+      --modes eager --methods ${METHODS:-curlora,curlora-ungrouped,lora,head_only} --out $OUT/trainer-135m-eager.json \
       > $OUT/trainer-eager.log 2>&1
     grep -hE "^[a-z_-]+/(eager|compile)" $OUT/trainer-eager.log ;;
   trainer)

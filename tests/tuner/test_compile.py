@@ -148,16 +148,29 @@ def _path(layer: CURLoRALinear, x: torch.Tensor) -> str:
     return "x·Rᵀ"
 
 
-def test_autocast_takes_the_fallback_path_and_matches(variants):
-    # under autocast the base output is bf16 while C and R stay fp32: the unfused path must be used
-    layer = _layer("linear")
+@pytest.mark.parametrize("kind", ["linear", "linear-bias", "conv1d"])
+def test_autocast_over_float32_factors_reuses_the_base_output_and_matches(variants, kind):
+    # under autocast the base output is bf16 while C and R stay fp32; its columns are autocast's x·Rᵀ
+    layer = _layer(kind)
     x = torch.randn(3, 4, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = _run_with(variants, "library", layer, x)
         want = _run_with(variants, "orig", layer, x)
+        variants.use(layer, "library")
+        assert _path(layer, x) == "base-output"
+    assert got[0].dtype == want[0].dtype == torch.bfloat16
+    _assert_same(got, want, rtol=2e-2, atol=2e-2)  # bf16 products summed in another order
+
+
+def test_autocast_to_another_dtype_than_the_factors_takes_the_xr_path(variants):
+    # fp16 autocast over bf16 factors: the base output's columns are not x·Rᵀ in the factors' dtype
+    layer = _layer("linear").to(torch.bfloat16)
+    x = torch.randn(3, 4, 32, dtype=torch.bfloat16)
+    variants.use(layer, "library")
+    with torch.autocast("cpu", dtype=torch.float16):
         assert _path(layer, x) == "x·Rᵀ"
-    assert got[0].dtype == torch.bfloat16
-    _assert_same(got, want, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast to the factors' own dtype: nothing to cast
+        assert _path(layer, x) == "base-output"
 
 
 @pytest.mark.parametrize("kind", ["linear", "linear-bias", "conv1d"])

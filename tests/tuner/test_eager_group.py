@@ -50,3 +50,32 @@ def test_eager_group_matches_the_layers_alone_forward_backward_and_inference(mon
     for i, (a, b) in enumerate(zip(grouped, alone, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"tensor {i}")
     assert all(u.abs().max() > 0 for u in alone[3:])  # gradients reach every U
+
+
+def test_eager_group_under_autocast_over_a_float32_model_matches_the_layers_alone(monkeypatch):
+    # HF Trainer's bf16=True on a float32 model: bf16 base outputs, float32 C, R and U
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(num_layers=2), CURLoRAConfig(r=4))
+    layers = [m for m in model.modules() if isinstance(m, CURLoRALinear)]
+    for layer in layers:
+        layer.curlora_U["default"].data.normal_(std=0.5)
+    ids = torch.randint(3, 300, (2, 12))
+    led = []
+    lead = group_module.SharedInputGroup.lead
+    monkeypatch.setattr(group_module.SharedInputGroup, "lead", lambda self, *a: led.append(lead(self, *a)) or led[-1])
+
+    def run():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        return [logits.detach().float()] + [m.curlora_U["default"].grad.clone() for m in layers]
+
+    grouped = run()
+    assert len(led) == 2 and all(out is not None and out.dtype == torch.bfloat16 for out in led)
+    for layer in layers:
+        layer._shared_input_group = None
+    alone = run()
+    for i, (a, b) in enumerate(zip(grouped, alone, strict=True)):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2, msg=f"tensor {i}")
+    assert all(u.abs().max() > 0 for u in grouped[1:])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curlora.tuner import kernels
+from curlora.tuner.layer import autocast_output
 
 # sibling layers of one parent module that are called in this order on the same input
 SHARED_INPUT_NAMES = ("q_proj", "k_proj", "v_proj")
@@ -107,9 +108,11 @@ class SharedInputGroup:
         members = self.members
         us = [m.curlora_U._parameters[n] for m, n in zip(members, names, strict=True)]
         rs = [m.curlora_R._buffers[n] for m, n in zip(members, names, strict=True)]
-        rank, dtype = cs[0].shape[1], result.dtype
-        same = all(c.shape[1] == rank and c.dtype == dtype for c in cs) and len({u.dtype for u in us}) == 1
-        if not same or x.dtype != dtype or any(r.dtype != dtype for r in rs):
+        rank, dtype, factors = cs[0].shape[1], result.dtype, cs[0].dtype
+        same = all(c.shape[1] == rank for c in cs) and len({f.dtype for f in [*cs, *rs]}) == 1
+        same = same and len({u.dtype for u in us}) == 1
+        # one dtype throughout, or autocast's output over float32 factors (autocast casts the GEMMs' operands)
+        if not same or (factors != dtype or x.dtype != dtype) and not autocast_output(result, cs[0]):
             return None
         ys = [result] + [m.base_layer(x) for m in members[1:]]
         alphas = [m.curlora_alpha[n] for m, n in zip(members, names, strict=True)]

@@ -120,6 +120,22 @@ class _FromBaseOutput(torch.autograd.Function):
         return grad_y, grad_u
 
 
+def autocast_output(result: torch.Tensor, c: torch.Tensor) -> bool:
+    """Whether `result` is an autocast GEMM's output over float32 weights, for the torch-ops path.
+
+    Autocast multiplies x and W both cast to its dtype, and would multiply x and R = W[rows] cast the same way,
+    so the base output's columns are the x·Rᵀ the other path computes. The fused kernels take one dtype for
+    activations and factors, so under autocast they keep the x·Rᵀ path (their `usable` is asked last: it is
+    the most host work)."""
+    device = result.device.type
+    return (
+        c.dtype == torch.float32
+        and torch.is_autocast_enabled(device)
+        and result.dtype == torch.get_autocast_dtype(device)
+        and not kernels.usable(result, c.shape[1])
+    )
+
+
 # base layers whose output is exactly x·Wᵀ + b (checked by exact type: a subclass may compute something else)
 _PLAIN_BASES = (nn.Linear, Conv1D)
 
@@ -334,8 +350,12 @@ class CURLoRALinear(nn.Module, CURLoRALayer):
         return result
 
     def _can_reuse_base_output(self, name: str, result: torch.Tensor) -> bool:
-        """Whether result[..., rows] − b[rows] is x·Rᵀ: a frozen plain Linear/Conv1D in the factors' dtype."""
-        return result.dtype == self.curlora_C._buffers[name].dtype and self._frozen_plain_base(name)
+        """Whether result[..., rows] − b[rows] is x·Rᵀ: a frozen plain Linear/Conv1D in the factors' dtype, or
+        in autocast's dtype where the factors are float32 (HF Trainer's `bf16=True` on a float32 model)."""
+        c = self.curlora_C._buffers[name]
+        if result.dtype != c.dtype and not autocast_output(result, c):
+            return False
+        return self._frozen_plain_base(name)
 
     def _frozen_plain_base(self, name: str) -> bool:
         base = self.base_layer  # this class wraps its base directly (no nested tuner layers)
