@@ -79,3 +79,19 @@ def test_eager_group_under_autocast_over_a_float32_model_matches_the_layers_alon
     for i, (a, b) in enumerate(zip(grouped, alone, strict=True)):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2, msg=f"tensor {i}")
     assert all(u.abs().max() > 0 for u in grouped[1:])
+
+
+def test_eager_group_trains_after_an_evaluation_under_inference_mode():
+    # the group's cached [R_q; R_k; R_v] made under inference_mode must not reach autograd afterwards
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(num_layers=1), CURLoRAConfig(r=4))
+    ids = torch.randint(3, 300, (2, 6))
+    with torch.inference_mode():
+        evaluated = model(input_ids=ids).logits
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # autograd saves R for x's gradient
+    model(inputs_embeds=emb).logits.square().mean().backward()
+    assert emb.grad is not None
+    layers = [m for m in model.modules() if isinstance(m, CURLoRALinear)]
+    assert all(m.curlora_U["default"].grad is not None for m in layers)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, evaluated)

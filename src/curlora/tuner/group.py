@@ -4,12 +4,12 @@ The three projections read the same input, and under torch.compile on CUDA each 
 kernel (`curlora.tuner.kernels`) of a few microseconds; on a small model those launches, not the bytes they move,
 are much of what the adapters cost. So the first projection called (q, the group's leader) also computes k's
 and v's base outputs, runs all three adapters in one launch, and holds k's and v's results; k and v, called next
-with the very same input tensor, take them. Without the fused kernels (eager mode, CPU) the group steps aside:
-each layer runs its own torch ops (`layer.base_output_ops`), whose autograd nodes are C++, so there is no Python
-autograd call to share, and computing k's and v's outputs in q's call measured slower than each layer computing
-its own (perf/host_bench.py: `curlora-ungrouped` ahead of a grouped variant). Anything else (another input,
-another order, a member merged, disabled or with several adapters) takes the ordinary per-layer path, so results
-never depend on the grouping: it changes how many launches and Python calls there are, not what they compute.
+with the very same input tensor, take them. Without the fused kernels (eager mode, CPU) the leader runs the three
+adapters as one batch of torch ops instead (`SharedInputGroup._lead_torch_ops`): fewer autograd nodes, which is
+what an eager step's host time is made of (H200 eager steps 0.02–0.06× the floor faster at 135M and 7B, mixed at
+1B; docs/BENCHMARKS.md). Anything else (another input, another order, a member merged, disabled or with several
+adapters) takes the ordinary per-layer path, so results never depend on the grouping beyond rounding: it changes
+how many launches and autograd nodes there are, not what they compute.
 """
 
 from __future__ import annotations
@@ -129,10 +129,13 @@ class SharedInputGroup:
         return outs[0]
 
     def _stacked_rows(self, rs: list[torch.Tensor]) -> torch.Tensor:
-        """[R_q; R_k; R_v] (3r × in), kept while the three frozen R buffers are the same tensors, unchanged."""
+        """[R_q; R_k; R_v] (3r × in), kept while the three frozen R buffers are the same tensors, unchanged.
+        One made under torch.inference_mode (an evaluation) is made again outside it: autograd refuses to save
+        inference tensors for backward."""
         key = [(r, r._version) for r in rs]
         cached = self._rows_cache
-        if cached is None or any(a is not b or va != vb for (a, va), (b, vb) in zip(cached[0], key, strict=True)):
+        stale = cached is None or (cached[1].is_inference() and not torch.is_inference_mode_enabled())
+        if stale or any(a is not b or va != vb for (a, va), (b, vb) in zip(cached[0], key, strict=True)):
             cached = self._rows_cache = (key, torch.cat(rs))
         return cached[1]
 
