@@ -16,7 +16,8 @@ layer and q/k/v group of git revision REV (`curlora/tuner/layer.py`, `group.py`,
 process; the rest of the library is this checkout's) run as ``base-curlora`` (``base-curlora-ungrouped``) beside
 them, for a before/after in one process. Weights are bf16 (U float32, as on the GPU) unless --dtype says else.
 
-    PYTHONPATH=src python perf/host_bench.py --baseline 233600e --out docs/perf/host-overhead/cpu.json  # ~2 min
+    PYTHONPATH=src python perf/host_bench.py --scenarios layer,model,autocast --baseline e02a4af \
+        --out docs/perf/host-overhead/cpu-vs-e02a4af.json  # ~2 min
     PYTHONPATH=src python perf/host_bench.py --profile    # also print torch.profiler's op table for curlora
 """
 
