@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curlora import distributed
+from curlora.files import finite_or_null
 from curlora.methods import parse_method, wrap_model
 from curlora.recipes.bench import resolve_device
 from curlora.recipes.bench.classify import backbone_of, pooled_hidden
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
             "before_shard_gib": _gib(float(stats[3])),
         }
     if info.is_main:
-        text = json.dumps(result)
+        text = json.dumps(finite_or_null(result), allow_nan=False)  # one line per run, appended
         print(text)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

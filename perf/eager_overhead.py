@@ -103,7 +103,9 @@ def main(argv=None) -> dict:
         )
     print(json.dumps(report, indent=2))
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        from curlora.files import atomic_write_json, finite_or_null
+
+        atomic_write_json(args.out, finite_or_null(report))
     return report
 
 

@@ -128,7 +128,9 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in results.items() if k != "bases"}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+        from curlora.files import atomic_write_json, finite_or_null
+
+        atomic_write_json(args.out, finite_or_null(results))
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import time
@@ -170,8 +169,9 @@ def main(argv=None) -> dict:
         "dtype": str(dtype).removeprefix("torch."), "rank": args.rank, "prompt_tokens": prompt,
         "decode_tokens": decode, "rounds": rounds, "torch": torch.__version__, "results": results,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    from curlora.files import atomic_write_json, finite_or_null
+
+    atomic_write_json(args.out, finite_or_null(report))
     print(f"{'variant':<12}{'batch':>6}{'prefill tok/s':>15}{'×merged':>9}{'decode tok/s':>14}{'×merged':>9}")
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)

@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curlora.files import atomic_write_json, finite_or_null
 from curlora.testing import ARCHITECTURES, architecture_config, random_init_
 
 SCHEMA = "curlora-step-bench/1"
@@ -821,10 +822,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.models.split(","):
         report["models"][name] = run_model(name, args, device, dtype, variants)
         if args.out:  # written after every model, so a later failure keeps what was measured
-            args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+            atomic_write_json(args.out, finite_or_null(report))
     report["env"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        atomic_write_json(args.out, finite_or_null(report))
     print(render(report))
     return report
 
