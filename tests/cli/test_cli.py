@@ -256,3 +256,24 @@ def test_info_on_the_builtin_model():
     assert r16["curlora_params"] == 23_040
     assert r16["curlora_bytes"] < 200_000
     assert data["architecture"]["tie_word_embeddings"] is True
+
+
+def test_study_merge_checks_every_file_before_writing(tmp_path):
+    study = Path(__file__).resolve().parents[2] / "docs" / "study2" / "runs" / "continual.json"
+    if not study.exists():
+        pytest.skip("docs/study2/runs/continual.json is not in this checkout")
+    out = tmp_path / "merged.json"
+    cut = tmp_path / "cut.json"
+    cut.write_bytes(study.read_bytes()[:5000])  # a copy cut short, as a killed transfer leaves it
+    result = runner.invoke(app, ["study", "merge", str(study), str(cut), "--out", str(out)])
+    assert result.exit_code != 0 and "cut.json" in result.output and not out.exists()
+    broken = json.loads(study.read_text())
+    broken["settings"][0]["runs"][0]["acc"][0][0] = 2.0  # an accuracy no evaluation can give
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(broken))
+    result = runner.invoke(app, ["study", "merge", str(study), str(bad), "--out", str(out)])
+    assert result.exit_code != 0 and "bad.json" in result.output and not out.exists()
+    lpft = study.with_name("continual-lpft.json")
+    result = runner.invoke(app, ["study", "merge", str(study), str(lpft), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sum(len(s["runs"]) for s in json.loads(out.read_text())["settings"]) == 190  # docs/study2/README.md

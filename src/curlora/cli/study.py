@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from curlora.cli._ui import console
-from curlora.errors import CurloraError
 
 study_app = typer.Typer(no_args_is_help=True, help="Run a study design (configs/studies/) and report on it.")
 
@@ -73,18 +72,11 @@ def merge(
     out: Path = typer.Option(..., help="Where to write the merged results.json."),
 ) -> None:
     """Unite the runs of several studies of the same settings (e.g. a follow-up with more methods)."""
-    import json
-
     from curlora.files import atomic_write_json
     from curlora.recipes.study import merge_studies
+    from curlora.reports.continual import load_study
 
-    parts = []
-    for f in files:
-        try:
-            parts.append(json.loads(f.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise CurloraError(f"{f} is not a readable JSON file ({err}); give study results.json files") from None
-    merged = merge_studies(parts)
+    merged = merge_studies([load_study(f) for f in files])  # each read and checked before anything is written
     atomic_write_json(out, merged)
     for label, d in merged["duplicates"].items():
         console.print(f"{label}: {d['runs']} run(s) in both files, final accuracies within "
