@@ -55,6 +55,8 @@ from curlora.tuner.config import default_target_modules
 from curlora.tuner.saved import ADAPTER_WEIGHTS, adapter_bytes, save_adapter
 
 log = logging.getLogger(__name__)
+
+
 class Bench:
     def __init__(
         self,
