@@ -4,6 +4,7 @@ SQLite, a SIGKILLed sweep resumed, noisy Pareto fronts on hand-made numbers, and
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -375,3 +376,17 @@ def test_workers_load_a_quantized_base_when_the_space_asks(monkeypatch):
     seen.clear()
     runner._load(make_space(["curlora-2"], bench={"model": "smollm2-135m"}), None, "cpu")
     assert "quantize" not in seen
+
+
+def test_a_point_whose_results_file_is_corrupted_is_run_again_and_only_it(grid, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(grid[0], out)
+    conf = tiny_space().configurations()[0]
+    (run_dir(out, conf.label, 0) / "results.json").write_bytes(b"\xff\xfe\x00 not a results file")  # not UTF-8
+    rec = Recorder()
+    again = run_sweep(tiny_space(), out, Options(jobs=1, device="cpu", loader=sweep_tiny.load), rec)
+    assert {(label, seed) for label, seed, cached in rec.finished_runs if not cached} == {(conf.label, 0)}
+    expected, got = per_seed(grid[1]), per_seed(again)
+    assert got.keys() == expected.keys()
+    for key, values in expected.items():
+        assert got[key] == pytest.approx(values, rel=1e-5, abs=1e-7), key

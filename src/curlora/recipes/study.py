@@ -12,7 +12,6 @@ and bench overrides such as task_order or suite). Everything is checked before a
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -23,10 +22,9 @@ from curlora.data import load_suite, select_tasks
 from curlora.errors import CurloraError
 from curlora.files import atomic_write_json
 from curlora.methods import spec_family
-from curlora.recipes.sweep.runner import Options, SweepReporter, read_run, run_dir, run_sweep, sanitize
+from curlora.recipes.sweep.runner import Options, SweepReporter, finished_record, read_bench, run_sweep, sanitize
 from curlora.recipes.sweep.space import SPACE_KEYS, Space, _toml_load, make_space
 from curlora.reports.continual import RESULTS_FILE  # the study's results.json: its reader owns the contract
-from curlora.reports.results import RESULTS_FILE as BENCH_RESULTS
 
 SCHEMA_VERSION = 1
 _STUDY_KEYS = {"title", "reference", "comparisons", "notes", "settings_compared"}
@@ -140,11 +138,11 @@ def collect_study(design: dict, out: str | Path, *, data_dir: str | None = None)
         runs, suite, environment = [], None, None
         for conf in space.configurations():
             for seed in space.seeds:
-                record = read_run(folder, conf, seed)
+                bench = read_bench(folder, conf, seed)
+                record = None if bench is None else finished_record(bench, conf)
                 if record is None:
                     continue
                 if suite is None:  # every run of a setting sees the same suite (its config is in the folder)
-                    bench = json.loads((run_dir(folder, conf.label, seed) / BENCH_RESULTS).read_text())
                     suite, environment = bench["suite"], bench.get("environment")
                 runs.append({"label": conf.label, "family": spec_family(conf.spec), **_run_fields(record)})
         config = space.base_config().result_key()

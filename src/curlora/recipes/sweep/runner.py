@@ -76,15 +76,25 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return out / "runs" / safe_name(label) / f"seed-{seed}"
 
 
-def read_run(out: Path, conf: Configuration, seed: int) -> dict | None:
-    """The finished bench record of one point, or None (not run, or killed part-way)."""
+def read_bench(out: Path, conf: Configuration, seed: int) -> dict | None:
+    """The bench results of one point as written, or None (not run yet, or unreadable: it is run again)."""
     path = run_dir(out, conf.label, seed) / BENCH_RESULTS
     try:
-        results = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+
+
+def finished_record(results: dict, conf: Configuration) -> dict | None:
+    """The finished record of `conf` in one point's bench results, or None (killed part-way)."""
     done = [r for r in results.get("runs", []) if r.get("label") == conf.spec and r.get("complete")]
     return done[0] if done else None
+
+
+def read_run(out: Path, conf: Configuration, seed: int) -> dict | None:
+    """The finished bench record of one point, or None (not run, or killed part-way)."""
+    results = read_bench(out, conf, seed)
+    return None if results is None else finished_record(results, conf)
 
 
 def _record(space: Space, options: Options) -> dict:
