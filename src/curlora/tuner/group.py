@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curlora.tuner import kernels
-from curlora.tuner.layer import autocast_output
+from curlora.tuner.layer import autocast_output, scaled_u
 
 # sibling layers of one parent module that are called in this order on the same input
 SHARED_INPUT_NAMES = ("q_proj", "k_proj", "v_proj")
@@ -82,10 +82,11 @@ class SharedInputGroup:
         if any(n is None for n in names):
             return None
         cs = [m.curlora_C._buffers[n] for m, n in zip(self.members, names, strict=True)]
+        if any(f.shape[1] != c.shape[1] or f.dtype != c.dtype for f in cs):
+            return None  # one rank and one factor dtype, in both forms
         if not leader._fused_kernels(result, c.shape[1]):
             return self._lead_torch_ops(x, names, cs, result)
-        has_bias = {m.base_layer.bias is not None for m in self.members}
-        if any(f.shape[1] != c.shape[1] or f.dtype != c.dtype for f in cs) or len(has_bias) > 1:
+        if len({m.base_layer.bias is not None for m in self.members}) > 1:
             return None
         ys = [result] + [m.base_layer(x) for m in followers]
         us = [m.curlora_U._parameters[n] for m, n in zip(self.members, names, strict=True)]
@@ -108,16 +109,14 @@ class SharedInputGroup:
         members = self.members
         us = [m.curlora_U._parameters[n] for m, n in zip(members, names, strict=True)]
         rs = [m.curlora_R._buffers[n] for m, n in zip(members, names, strict=True)]
-        rank, dtype, factors = cs[0].shape[1], result.dtype, cs[0].dtype
-        same = all(c.shape[1] == rank for c in cs) and len({f.dtype for f in [*cs, *rs]}) == 1
-        same = same and len({u.dtype for u in us}) == 1
+        rank, dtype, factors = cs[0].shape[1], result.dtype, cs[0].dtype  # `lead` checked the Cs share both
+        same = all(r.dtype == factors for r in rs) and len({u.dtype for u in us}) == 1
         # one dtype throughout, or autocast's output over float32 factors (autocast casts the GEMMs' operands)
         if not same or (factors != dtype or x.dtype != dtype) and not autocast_output(result, cs[0]):
             return None
         ys = [result] + [m.base_layer(x) for m in members[1:]]
-        alphas = [m.curlora_alpha[n] for m, n in zip(members, names, strict=True)]
-        us = [u if a == 1.0 else a * u for u, a in zip(us, alphas, strict=True)]
-        u = torch.stack(us)
+        # α folded into each U in U's own dtype, then one cast of the stack (not one per member)
+        u = torch.stack([scaled_u(u, m.curlora_alpha[n], u.dtype) for u, m, n in zip(us, members, names, strict=True)])
         if u.dtype != dtype:
             u = u.to(dtype)
         t = F.linear(x.reshape(-1, x.shape[-1]), self._stacked_rows(rs))  # (tokens, 3r)
